@@ -1,0 +1,252 @@
+//! Settings: what an operator can change, with the defaults of SPEC §1.
+//!
+//! Settings come from three layers, later ones winning: built-in defaults, the TOML file
+//! (`./config.toml` or `--config PATH`), then `HERALD__SECTION__KEY` environment variables
+//! (list values comma-separated). Every key documented in `config.toml` exists here with the same
+//! default, so an empty file behaves exactly like the shipped one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub auth: AuthSettings,
+    pub api: ApiSettings,
+    pub redis: RedisSettings,
+    pub socketio: SocketIoSettings,
+    pub rooms: RoomSettings,
+    pub limits: LimitSettings,
+    pub delivery: DeliverySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub cors_origins: Vec<String>,
+    /// This instance's name in logs, `/health` and the cluster. Empty: host name + pid.
+    pub node_id: String,
+    pub trusted_proxies: Vec<String>,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 5000,
+            cors_origins: vec!["*".into()],
+            node_id: String::new(),
+            trusted_proxies: vec![],
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl ServerSettings {
+    pub fn node_id(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "herald".into());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// HS256 secret. Empty: no HMAC key.
+    pub jwt_secret: String,
+    /// Path to a PEM public key (RSA or EC) for RS256/ES256 tokens. Empty: none.
+    pub public_key_pem: String,
+    pub algorithms: Vec<String>,
+    pub user_claim: String,
+    pub required: bool,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            jwt_secret: String::new(),
+            public_key_pem: String::new(),
+            algorithms: vec!["HS256".into()],
+            user_claim: "user_id".into(),
+            required: true,
+            leeway_secs: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Bearer keys accepted by the HTTP API. Empty: the API refuses every request.
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Empty: the embedded default (one instance, everything in memory).
+    pub url: String,
+    pub python_channels: Vec<String>,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            python_channels: vec!["flask-socketio".into(), "socketio".into()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoSettings {
+    pub namespaces: Vec<String>,
+    pub ping_interval_secs: u64,
+    pub ping_timeout_secs: u64,
+    pub max_payload_bytes: u64,
+}
+
+impl Default for SocketIoSettings {
+    fn default() -> Self {
+        Self {
+            namespaces: vec!["/".into()],
+            ping_interval_secs: 15,
+            ping_timeout_secs: 30,
+            max_payload_bytes: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomSettings {
+    /// Room patterns a client may `room:join`; `*` matches any run of characters.
+    pub joinable: Vec<String>,
+    /// Longest room name a client may name, in bytes.
+    pub max_name_bytes: usize,
+}
+
+impl Default for RoomSettings {
+    fn default() -> Self {
+        Self {
+            joinable: [
+                "queue-updates",
+                "test-progress-*",
+                "test-history-updates",
+                "system-alerts",
+                "team-updates",
+                "shared-tests",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_name_bytes: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_rooms_per_socket: usize,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub connects_per_ip_per_minute: u32,
+    pub events_per_second: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_rooms_per_socket: 50,
+            max_connections: 10_000,
+            max_connections_per_user: 10,
+            connects_per_ip_per_minute: 600,
+            events_per_second: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub max_replay: usize,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self { max_replay: 100 }
+    }
+}
+
+impl SocketIoSettings {
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_secs(self.ping_timeout_secs)
+    }
+}
+
+/// Keys whose environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &[
+    "server.cors_origins",
+    "server.trusted_proxies",
+    "auth.algorithms",
+    "api.keys",
+    "redis.python_channels",
+    "socketio.namespaces",
+    "rooms.joinable",
+];
+
+impl Settings {
+    /// Reads the file at `path` (which must exist unless it is the default `config.toml`), then
+    /// the `HERALD__*` environment.
+    pub fn load(path: &Path, path_is_explicit: bool) -> Result<Settings, config::ConfigError> {
+        let mut env = config::Environment::with_prefix("HERALD")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true);
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
+        config::Config::builder()
+            .add_source(config::File::from(path).required(path_is_explicit))
+            .add_source(env)
+            .build()?
+            .try_deserialize()
+    }
+
+    /// Refuses settings that cannot work, with the reason an operator needs.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.auth.required && self.auth.jwt_secret.is_empty() && self.auth.public_key_pem.is_empty() {
+            return Err("auth.required is true but neither auth.jwt_secret nor auth.public_key_pem is set \
+                        (set HERALD__AUTH__JWT_SECRET, or auth.required = false for anonymous use)"
+                .into());
+        }
+        if self.socketio.namespaces.iter().any(|n| !n.starts_with('/')) {
+            return Err("socketio.namespaces: every namespace starts with '/'".into());
+        }
+        if self.socketio.ping_interval_secs == 0 || self.socketio.ping_timeout_secs == 0 {
+            return Err("socketio.ping_interval_secs and ping_timeout_secs must be positive".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! The backend HTTP API (SPEC §6): `POST /api/v1/notify` and `POST /api/v1/emit`.
+//!
+//! Bodies are parsed by hand from JSON so that every mistake gets a 400 naming the field at
+//! fault, instead of a framework's generic rejection.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value as Json_};
+
+use super::ApiError;
+use crate::delivery::{Command, Scope, Target};
+use crate::notification::{iso_now, Notification, EVENT};
+use crate::payload::{Args, Value};
+use crate::rooms::{project_room, role_room, user_room};
+use crate::state::AppState;
+
+/// Refuses requests without `Authorization: Bearer <key>` for a key in `api.keys`.
+pub async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
+    let keys = &state.settings.api.keys;
+    let allowed = match presented {
+        Some(key) => keys.iter().any(|k| !k.is_empty() && constant_time_eq(k.as_bytes(), key.as_bytes())),
+        None => false,
+    };
+    if !allowed {
+        state.metrics.inc("herald_api_refusals_total", &[("reason", "unauthorized")]);
+        let reason = if keys.is_empty() {
+            "API disabled: no api.keys configured"
+        } else {
+            "missing or invalid API key"
+        };
+        return ApiError(StatusCode::UNAUTHORIZED, reason.into()).into_response();
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_object(body: &Bytes) -> Result<Map<String, Json_>, ApiError> {
+    match serde_json::from_slice::<Json_>(body) {
+        Ok(Json_::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!("body is not valid JSON: {e}"))),
+    }
+}
+
+fn namespace(state: &AppState, body: &Map<String, Json_>) -> Result<String, ApiError> {
+    let ns = match body.get("namespace") {
+        None | Some(Json_::Null) => "/".to_string(),
+        Some(Json_::String(ns)) => ns.clone(),
+        Some(_) => return Err(ApiError::bad_request("namespace must be a string")),
+    };
+    if !state.settings.socketio.namespaces.contains(&ns) {
+        return Err(ApiError::bad_request(format!("namespace {ns:?} is not served")));
+    }
+    Ok(ns)
+}
+
+/// A user id, role or project: a non-empty string or a number.
+fn id_text(value: &Json_, field: &str) -> Result<String, ApiError> {
+    match value {
+        Json_::String(s) if !s.is_empty() => Ok(s.clone()),
+        Json_::Number(n) => Ok(n.to_string()),
+        _ => Err(ApiError::bad_request(format!("to.{field} must be a non-empty string or a number"))),
+    }
+}
+
+fn string_list(value: Option<&Json_>, field: &str) -> Result<Vec<String>, ApiError> {
+    match value {
+        None | Some(Json_::Null) => Ok(vec![]),
+        Some(Json_::Array(items)) => items
+            .iter()
+            .map(|i| match i {
+                Json_::String(s) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(ApiError::bad_request(format!("{field} must be a list of non-empty strings"))),
+            })
+            .collect(),
+        Some(_) => Err(ApiError::bad_request(format!("{field} must be a list of strings"))),
+    }
+}
+
+/// Where a notification goes: one channel (room) per entry, or everyone.
+enum Recipients {
+    Rooms(Vec<String>),
+    Broadcast,
+}
+
+fn recipients(to: Option<&Json_>) -> Result<Recipients, ApiError> {
+    const EXPECTED: &str = "to must be an object with one of user, users, role, project, room, broadcast";
+    let to = to.and_then(Json_::as_object).ok_or_else(|| ApiError::bad_request(EXPECTED))?;
+    if to.len() != 1 {
+        return Err(ApiError::bad_request(EXPECTED));
+    }
+    let (key, value) = to.iter().next().expect("one entry");
+    Ok(match key.as_str() {
+        "user" => Recipients::Rooms(vec![user_room(&id_text(value, "user")?)]),
+        "users" => {
+            let ids = value.as_array().filter(|ids| !ids.is_empty()).ok_or_else(|| {
+                ApiError::bad_request("to.users must be a non-empty list of user ids")
+            })?;
+            Recipients::Rooms(ids.iter().map(|id| id_text(id, "users").map(|id| user_room(&id))).collect::<Result<_, _>>()?)
+        }
+        "role" => Recipients::Rooms(vec![role_room(&id_text(value, "role")?)]),
+        "project" => Recipients::Rooms(vec![project_room(&id_text(value, "project")?)]),
+        "room" => Recipients::Rooms(vec![id_text(value, "room")?]),
+        "broadcast" if value == &Json_::Bool(true) => Recipients::Broadcast,
+        "broadcast" => return Err(ApiError::bad_request("to.broadcast must be true")),
+        _ => return Err(ApiError::bad_request(EXPECTED)),
+    })
+}
+
+fn notification(body: &Map<String, Json_>) -> Result<Notification, ApiError> {
+    let text = |field: &str| match body.get(field) {
+        Some(Json_::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(ApiError::bad_request(format!("{field} must be a non-empty string"))),
+    };
+    let priority = match body.get("priority") {
+        None | Some(Json_::Null) => 2,
+        Some(p) => p
+            .as_u64()
+            .filter(|p| (1..=4).contains(p))
+            .ok_or_else(|| ApiError::bad_request("priority must be an integer from 1 to 4"))? as u8,
+    };
+    Ok(Notification {
+        kind: text("type")?,
+        message: text("message")?,
+        data: body.get("data").cloned().map(Value::from).unwrap_or(Value::Object(vec![])),
+        priority,
+    })
+}
+
+/// `POST /api/v1/notify`: builds the envelope and delivers it to each recipient room.
+pub async fn notify(State(state): State<Arc<AppState>>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let body = parse_object(&body)?;
+    let recipients = recipients(body.get("to"))?;
+    let notification = notification(&body)?;
+    let namespace = namespace(&state, &body)?;
+    let id = state.ids.next();
+    let timestamp = iso_now();
+    let deliveries = match recipients {
+        Recipients::Broadcast => vec![("broadcast".to_string(), vec![])],
+        Recipients::Rooms(rooms) => rooms.into_iter().map(|r| (r.clone(), vec![r])).collect(),
+    };
+    for (channel, rooms) in deliveries {
+        let args = Args::one(notification.envelope(&id, &timestamp, &channel));
+        let command = Command::Emit { target: Target::rooms(&namespace, rooms), event: EVENT.into(), args };
+        state.delivery.apply(command, Scope::Cluster, "http").await.map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id }))))
+}
+
+/// Events a backend may not emit: they are reserved by the Socket.IO protocol.
+const RESERVED_EVENTS: [&str; 6] = ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
+
+/// `POST /api/v1/emit`: any event with any arguments, to rooms minus exceptions.
+pub async fn emit(State(state): State<Arc<AppState>>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let body = parse_object(&body)?;
+    let event = match body.get("event") {
+        Some(Json_::String(e)) if !e.is_empty() && !RESERVED_EVENTS.contains(&e.as_str()) => e.clone(),
+        Some(Json_::String(e)) if !e.is_empty() => return Err(ApiError::bad_request(format!("event {e:?} is reserved"))),
+        _ => return Err(ApiError::bad_request("event must be a non-empty string")),
+    };
+    let args = match body.get("args") {
+        None | Some(Json_::Null) => vec![],
+        Some(Json_::Array(args)) => args.iter().cloned().map(Value::from).collect(),
+        Some(_) => return Err(ApiError::bad_request("args must be a list")),
+    };
+    let target = Target {
+        namespace: namespace(&state, &body)?,
+        rooms: string_list(body.get("rooms"), "rooms")?,
+        except: string_list(body.get("except"), "except")?,
+    };
+    let command = Command::Emit { target, event, args: Args(args) };
+    state.delivery.apply(command, Scope::Cluster, "http").await.map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))))
+}

@@ -1,0 +1,42 @@
+//! HTTP routes: operations (`/health`, `/ready`, `/metrics`) and the backend API (`/api/v1/*`).
+
+mod api;
+mod health;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{middleware, Json, Router};
+use serde_json::json;
+
+use crate::state::AppState;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/notify", post(api::notify))
+        .route("/api/v1/emit", post(api::emit))
+        .layer(middleware::from_fn_with_state(state.clone(), api::require_api_key));
+    Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(health::metrics))
+        .merge(api)
+        .with_state(state)
+}
+
+/// An HTTP error with a JSON body `{"error": "<reason>"}`.
+pub struct ApiError(pub StatusCode, pub String);
+
+impl ApiError {
+    pub fn bad_request(reason: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, reason.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}

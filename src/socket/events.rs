@@ -1,0 +1,143 @@
+//! Events clients send (SPEC §4): `room:join`, `room:leave`, `ping`, and anything else.
+//!
+//! Every handler answers malformed input with an error ack `{"ok":false,"error":...}` and keeps
+//! the connection open: a bad payload from one client costs that client an error, nothing more.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+
+use crate::auth::Identity;
+use crate::notification::now_ms;
+use crate::rooms::{granted_rooms, JoinRefusal};
+use crate::state::AppState;
+
+/// Event names counted by name in `/metrics`; anything else counts as `other`.
+const KNOWN_EVENTS: [&str; 3] = ["room:join", "room:leave", "ping"];
+
+pub fn register<A: Adapter>(socket: &SocketRef<A>, state: Arc<AppState>) {
+    let st = state.clone();
+    socket.on("room:join", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
+        let st = st.clone();
+        async move {
+            count_event(&st, "room:join");
+            answer(ack, room_join(&st, &s, data.ok()));
+        }
+    });
+    let st = state.clone();
+    socket.on("room:leave", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
+        let st = st.clone();
+        async move {
+            count_event(&st, "room:leave");
+            answer(ack, room_leave(&st, &s, data.ok()));
+        }
+    });
+    let st = state.clone();
+    socket.on("ping", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
+        let st = st.clone();
+        async move {
+            count_event(&st, "ping");
+            answer(ack, ping(&s, data.ok()));
+        }
+    });
+    socket.on_fallback(move |s: SocketRef<A>, Event(event): Event, ack: AckSender<A>| {
+        let state = state.clone();
+        async move {
+            count_event(&state, &event);
+            tracing::debug!(sid = %s.id, event = %truncate(&event, 64), "unknown event");
+            answer(ack, Err("unknown event".into()));
+        }
+    });
+}
+
+fn count_event(state: &AppState, event: &str) {
+    let name = KNOWN_EVENTS.iter().find(|k| **k == event).copied().unwrap_or("other");
+    state.metrics.inc("herald_events_in_total", &[("event", name)]);
+}
+
+/// Sends the ack (if the client asked for one): the value on success, `{ok:false,error}` otherwise.
+fn answer<A: Adapter>(ack: AckSender<A>, result: Result<Value, String>) {
+    let body = result.unwrap_or_else(|error| json!({ "ok": false, "error": error }));
+    if let Err(e) = ack.send(&body) {
+        tracing::debug!(error = %e, "ack not sent");
+    }
+}
+
+/// `"room"` or `{"room": "room"}`.
+fn room_name(data: Option<Value>) -> Result<String, String> {
+    match data {
+        Some(Value::String(room)) => Ok(room),
+        Some(Value::Object(mut map)) => match map.remove("room") {
+            Some(Value::String(room)) => Ok(room),
+            _ => Err("expected {\"room\": \"<name>\"}".into()),
+        },
+        _ => Err("expected a room name or {\"room\": \"<name>\"}".into()),
+    }
+}
+
+/// The rooms this socket holds because of its token or its sid (never counted, never left).
+fn automatic_rooms<A: Adapter>(socket: &SocketRef<A>) -> Vec<String> {
+    let mut rooms = socket.extensions.get::<Identity>().map(|i| granted_rooms(&i)).unwrap_or_default();
+    rooms.push(socket.id.to_string());
+    rooms
+}
+
+fn room_join<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
+    let room = room_name(data)?;
+    let automatic = automatic_rooms(socket);
+    state.room_policy.may_join(&room, &automatic).map_err(|e| refuse(state, e))?;
+    let current = socket.rooms();
+    if !current.iter().any(|r| *r == room) {
+        let chosen = current.iter().filter(|r| !automatic.iter().any(|a| a == r.as_ref())).count();
+        let limit = state.settings.limits.max_rooms_per_socket;
+        if chosen >= limit {
+            return Err(refuse(state, JoinRefusal::TooManyRooms(limit)));
+        }
+        socket.join(room.clone());
+    }
+    Ok(json!({ "ok": true, "room": room }))
+}
+
+fn room_leave<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
+    let room = room_name(data)?;
+    state.room_policy.check_name(&room).map_err(|e| refuse(state, e))?;
+    if automatic_rooms(socket).contains(&room) {
+        return Err("room granted by your token cannot be left".into());
+    }
+    socket.leave(room.clone());
+    Ok(json!({ "ok": true, "room": room }))
+}
+
+fn refuse(state: &AppState, refusal: JoinRefusal) -> String {
+    let reason = match refusal {
+        JoinRefusal::Empty | JoinRefusal::TooLong(_) | JoinRefusal::ControlCharacters => "invalid_name",
+        JoinRefusal::NotGranted => "not_granted",
+        JoinRefusal::NotJoinable => "not_joinable",
+        JoinRefusal::TooManyRooms(_) => "room_limit",
+    };
+    state.metrics.inc("herald_room_refusals_total", &[("reason", reason)]);
+    refusal.to_string()
+}
+
+/// The JSON heartbeat: `{"timestamp": <ms>}` → event `pong` and the same body in the ack.
+fn ping<A: Adapter>(socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
+    let timestamp = match data {
+        None | Some(Value::Null) => Value::Null,
+        Some(Value::Object(mut map)) => map.remove("timestamp").unwrap_or(Value::Null),
+        Some(_) => return Err("expected {\"timestamp\": <ms>}".into()),
+    };
+    let pong = json!({ "type": "pong", "timestamp": timestamp, "server_time": now_ms() });
+    if let Err(e) = socket.emit("pong", &pong) {
+        tracing::debug!(sid = %socket.id, error = %e, "pong not sent");
+    }
+    Ok(pong)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => &s[..at],
+        None => s,
+    }
+}

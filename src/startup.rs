@@ -1,0 +1,122 @@
+//! Wiring: from [`Settings`] to a listening server, and its orderly shutdown.
+//!
+//! `Application::build` binds the listener (port 0 in tests picks a free port), builds the
+//! Socket.IO layer and the shared state, and mounts the routes. `run_until_stopped` serves until
+//! the given signal, then drains: `/ready` turns 503, new connections are refused, every socket is
+//! told the server is closing (an Engine.IO close), and the process has `server.shutdown_grace_secs`
+//! to finish in-flight requests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderValue, Method};
+use axum::serve::ListenerExt;
+use axum::Router;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+
+use crate::auth::Verifier;
+use crate::configuration::Settings;
+use crate::delivery::Delivery;
+use crate::metrics::Metrics;
+use crate::state::AppState;
+use crate::{routes, socket};
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: Arc<AppState>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        settings.validate().map_err(anyhow::Error::msg)?;
+        let verifier = Verifier::new(&settings.auth)?;
+        let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", settings.server.host, settings.server.port))?;
+
+        let sio = &settings.socketio;
+        let (socket_layer, io) = SocketIo::builder()
+            .ping_interval(sio.ping_interval())
+            .ping_timeout(sio.ping_timeout())
+            .max_payload(sio.max_payload_bytes)
+            .ws_max_message_size(sio.max_payload_bytes as usize)
+            .build_layer();
+
+        let metrics = Arc::new(Metrics::default());
+        let delivery = Delivery::new(Arc::new(io.clone()), metrics.clone());
+        let state = Arc::new(AppState::new(settings, verifier, delivery, metrics));
+        socket::register(&io, state.clone());
+
+        let router = routes::router(state.clone())
+            .layer(socket_layer)
+            .layer(cors_layer(&state.settings.server.cors_origins)?);
+        Ok(Application { listener, router, state })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains within `server.shutdown_grace_secs`.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, router, state } = self;
+        tracing::info!(addr = %listener.local_addr()?, node_id = %state.node_id, "herald listening");
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
+        let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+        let drain_state = state.clone();
+        let drain = async move {
+            shutdown.await;
+            tracing::info!("shutting down: draining connections");
+            drain_state.start_draining();
+            drain_state.delivery.close_all().await;
+            let _ = stop_accepting.send(());
+        };
+        let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
+        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = accepting_stopped.await;
+            });
+        let serve = tokio::spawn(async move { serve.await });
+        drain.await;
+        match tokio::time::timeout(grace, serve).await {
+            Ok(result) => result??,
+            Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over: closing remaining connections"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::mirror_request()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("server.cors_origins: invalid origin {o:?}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(AllowHeaders::mirror_request())
+        .allow_credentials(true))
+}
