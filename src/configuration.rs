@@ -186,12 +186,30 @@ impl Default for LimitSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliverySettings {
+    /// Notifications replayed on reconnect; beyond it the newest ones plus an `offline_summary`.
     pub max_replay: usize,
+    /// Room patterns whose emits are stored (one stream per room).
+    pub persisted_rooms: Vec<String>,
+    /// Whether emits to a whole namespace (no room) are stored.
+    pub persist_broadcasts: bool,
+    /// Events that are stored when sent to a persisted room.
+    pub persisted_events: Vec<String>,
+    /// Entries kept per room stream.
+    pub stream_max_len: usize,
+    /// Age after which entries are dropped from a stream.
+    pub stream_max_age_secs: u64,
 }
 
 impl Default for DeliverySettings {
     fn default() -> Self {
-        Self { max_replay: 100 }
+        Self {
+            max_replay: 100,
+            persisted_rooms: vec!["user_*".into(), "role_*".into(), "project_*".into()],
+            persist_broadcasts: true,
+            persisted_events: vec!["notification".into()],
+            stream_max_len: 1000,
+            stream_max_age_secs: 7 * 24 * 3600,
+        }
     }
 }
 
@@ -201,6 +219,10 @@ impl SocketIoSettings {
     }
     pub fn ping_timeout(&self) -> Duration {
         Duration::from_secs(self.ping_timeout_secs)
+    }
+    /// The longest a dead connection can go unnoticed.
+    pub fn heartbeat_window(&self) -> Duration {
+        self.ping_interval() + self.ping_timeout()
     }
 }
 
@@ -213,6 +235,8 @@ const LIST_KEYS: &[&str] = &[
     "redis.python_channels",
     "socketio.namespaces",
     "rooms.joinable",
+    "delivery.persisted_rooms",
+    "delivery.persisted_events",
 ];
 
 impl Settings {

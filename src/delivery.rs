@@ -1,19 +1,29 @@
-//! The one delivery path: every way of emitting (HTTP API, and later Redis ingress and replay)
-//! turns into a [`Command`] and goes through [`Delivery::apply`].
+//! The one delivery path: every way of emitting (HTTP API, Redis ingress, and replay) turns into
+//! a [`Command`] and goes through [`Delivery`].
 //!
 //! Keeping one path means one place decides how a command reaches sockets: which namespace,
 //! which rooms minus which exceptions, whether the emit crosses instances (`Scope::Cluster`, for
 //! commands that entered on this instance only) or stays on this instance (`Scope::Local`, for
-//! commands every instance receives anyway, such as Redis pub/sub ingress), and what is counted.
+//! commands every instance receives anyway, such as Redis pub/sub ingress), whether it is stored
+//! for offline users (and so carries an id), and what is counted.
+//!
+//! Stored emits and replay share a gate so that a socket that connects while notifications are
+//! flowing gets each of them exactly once: see [`crate::replay`].
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use socketioxide::adapter::Adapter;
 use socketioxide::SocketIo;
 
+use crate::configuration::DeliverySettings;
 use crate::metrics::Metrics;
-use crate::payload::Args;
+use crate::payload::{Args, Value};
+use crate::rooms::Pattern;
+use crate::store::{Store, StreamId, BROADCAST_STREAM};
 
 /// Which sockets a command acts on: those of `namespace` in any of `rooms` (all of the namespace
 /// when `rooms` is empty) and in none of `except`.
@@ -62,7 +72,7 @@ impl Command {
 /// Whether a command should reach other instances too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
-    /// Entered on this instance only (HTTP API): fan out through the adapter to every instance.
+    /// Entered on this instance only (HTTP API): fan out to every instance.
     Cluster,
     /// Every instance receives it on its own (Redis ingress): act on this instance's sockets.
     Local,
@@ -81,6 +91,8 @@ pub trait Sockets: Send + Sync + 'static {
     fn apply<'a>(&'a self, command: &'a Command, scope: Scope) -> BoxFuture<'a, Result<(), DeliveryError>>;
     /// Sockets connected to this instance, over every namespace.
     fn local_connections(&self) -> usize;
+    /// The users with a socket on this instance.
+    fn local_users(&self) -> Vec<String>;
     /// Disconnects every socket of this instance (graceful shutdown).
     fn close(&self) -> BoxFuture<'_, ()>;
 }
@@ -110,44 +122,288 @@ impl<A: Adapter> Sockets for SocketIo<A> {
         self.nsps().into_iter().map(|ns| ns.local().sockets().len()).sum()
     }
 
+    fn local_users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .nsps()
+            .into_iter()
+            .flat_map(|ns| ns.local().sockets())
+            .filter_map(|s| s.extensions.get::<crate::auth::Identity>().map(|i| i.user_id))
+            .collect();
+        users.sort();
+        users.dedup();
+        users
+    }
+
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(SocketIo::close(self))
+    }
+}
+
+/// Sends stored emits to the other instances, which apply them locally (cluster mode only).
+pub trait Fanout: Send + Sync + 'static {
+    fn publish<'a>(&'a self, nid: StreamId, command: &'a Command) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Which emits are stored: an event in `persisted_events` sent to a room matching
+/// `persisted_rooms`, or to a whole namespace when `persist_broadcasts`.
+pub struct PersistPolicy {
+    rooms: Vec<Pattern>,
+    broadcasts: bool,
+    events: Vec<String>,
+}
+
+impl PersistPolicy {
+    pub fn new(settings: &DeliverySettings) -> PersistPolicy {
+        PersistPolicy {
+            rooms: settings.persisted_rooms.iter().map(|p| Pattern::new(p)).collect(),
+            broadcasts: settings.persist_broadcasts,
+            events: settings.persisted_events.clone(),
+        }
+    }
+
+    /// The streams an emit of `event` to `rooms` is stored in (empty: not stored).
+    pub fn streams(&self, event: &str, rooms: &[String]) -> Vec<String> {
+        if !self.events.iter().any(|e| e == event) {
+            return vec![];
+        }
+        if rooms.is_empty() {
+            return if self.broadcasts { vec![BROADCAST_STREAM.to_string()] } else { vec![] };
+        }
+        rooms.iter().filter(|r| self.persists_room(r)).cloned().collect()
+    }
+
+    pub fn persists_room(&self, room: &str) -> bool {
+        self.rooms.iter().any(|p| p.matches(room))
+    }
+
+    pub fn persists_broadcasts(&self) -> bool {
+        self.broadcasts
+    }
+}
+
+/// How long the record of recent local applies is kept for replays that race with them.
+const RECENT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Bookkeeping shared by stored emits and replays (see [`crate::replay`]).
+#[derive(Default)]
+pub(crate) struct Recent {
+    /// Stored emits applied on this instance: (local sequence number, nid, when).
+    pub applied: VecDeque<(u64, StreamId, Instant)>,
+    /// Notifications already replayed to these socket ids, to leave out when applied later.
+    pub replayed: HashMap<StreamId, (Vec<String>, Instant)>,
+}
+
+impl Recent {
+    fn forget_old(&mut self) {
+        let now = Instant::now();
+        while self.applied.front().is_some_and(|(_, _, at)| now.duration_since(*at) > RECENT_WINDOW) {
+            self.applied.pop_front();
+        }
+        if self.replayed.len() > 1024 {
+            self.replayed.retain(|_, (_, at)| now.duration_since(*at) <= RECENT_WINDOW);
+        }
     }
 }
 
 /// The shared delivery path. Cheap to clone.
 #[derive(Clone)]
 pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     sockets: Arc<dyn Sockets>,
+    store: Arc<dyn Store>,
+    persist: PersistPolicy,
+    fanout: Mutex<Option<Arc<dyn Fanout>>>,
     metrics: Arc<Metrics>,
+    gate: tokio::sync::RwLock<()>,
+    sequence: AtomicU64,
+    recent: Mutex<Recent>,
 }
 
 impl Delivery {
-    pub fn new(sockets: Arc<dyn Sockets>, metrics: Arc<Metrics>) -> Delivery {
-        Delivery { sockets, metrics }
+    pub fn new(sockets: Arc<dyn Sockets>, store: Arc<dyn Store>, persist: PersistPolicy, metrics: Arc<Metrics>) -> Delivery {
+        Delivery {
+            inner: Arc::new(Inner {
+                sockets,
+                store,
+                persist,
+                fanout: Mutex::new(None),
+                metrics,
+                gate: tokio::sync::RwLock::new(()),
+                sequence: AtomicU64::new(0),
+                recent: Mutex::new(Recent::default()),
+            }),
+        }
+    }
+
+    /// Cluster mode: stored emits entering here are published for every instance to apply.
+    pub fn set_fanout(&self, fanout: Arc<dyn Fanout>) {
+        *self.inner.fanout.lock().unwrap_or_else(|e| e.into_inner()) = Some(fanout);
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn persist(&self) -> &PersistPolicy {
+        &self.inner.persist
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Applies `command`; `source` names the ingress for `/metrics` (`http`, `python`, ...).
-    pub async fn apply(&self, command: Command, scope: Scope, source: &'static str) -> Result<(), DeliveryError> {
+    /// `dedup_key` identifies a message that every instance receives (pub/sub ingress), so that
+    /// it is stored once. Returns the notification id when the emit was stored.
+    pub async fn apply(&self, command: Command, scope: Scope, source: &'static str, dedup_key: Option<&str>) -> Result<Option<StreamId>, DeliveryError> {
         let kind = command.kind();
-        let result = self.sockets.apply(&command, scope).await;
+        let result = match &command {
+            Command::Emit { target, event, args } => {
+                let streams = self.inner.persist.streams(event, &target.rooms);
+                if streams.is_empty() {
+                    self.apply_plain(&command, scope).await.map(|_| None)
+                } else {
+                    let nid = self.store_once(target, &streams, event, args, dedup_key).await;
+                    self.deliver_stored(nid, command.clone(), scope).await.map(|_| Some(nid))
+                }
+            }
+            _ => self.apply_plain(&command, scope).await.map(|_| None),
+        };
         let outcome = match &result {
-            Ok(()) => "delivered",
+            Ok(_) => "delivered",
             Err(DeliveryError::UnknownNamespace(_)) => "unknown_namespace",
             Err(DeliveryError::Socket(_)) => "failed",
         };
-        self.metrics.inc("herald_commands_total", &[("source", source), ("kind", kind), ("outcome", outcome)]);
+        self.inner.metrics.inc("herald_commands_total", &[("source", source), ("kind", kind), ("outcome", outcome)]);
         if let Err(e) = &result {
             tracing::warn!(source, kind, error = %e, "command not delivered");
         }
         result
     }
 
+    /// Non-stored commands: through the adapter, or this instance only when that fails.
+    async fn apply_plain(&self, command: &Command, scope: Scope) -> Result<(), DeliveryError> {
+        match self.inner.sockets.apply(command, scope).await {
+            Err(DeliveryError::Socket(e)) if scope == Scope::Cluster => {
+                self.inner.metrics.inc("herald_cluster_fallbacks_total", &[]);
+                tracing::debug!(error = %e, "cluster emit failed: delivering on this instance only");
+                self.inner.sockets.apply(command, Scope::Local).await
+            }
+            other => other,
+        }
+    }
+
+    /// Appends to the store; when the store is unavailable the emit still goes out, with an id
+    /// from this instance, and the failure is counted.
+    async fn store_once(&self, target: &Target, streams: &[String], event: &str, args: &Args, dedup_key: Option<&str>) -> StreamId {
+        match self.inner.store.append(&target.namespace, streams, event, args, dedup_key).await {
+            Ok(nid) => {
+                self.inner.metrics.inc("herald_stored_total", &[("outcome", "stored")]);
+                nid
+            }
+            Err(e) => {
+                self.inner.metrics.inc("herald_stored_total", &[("outcome", "failed")]);
+                tracing::warn!(error = %e, "notification not stored: delivering live only");
+                StreamId::new(crate::notification::now_ms(), 0)
+            }
+        }
+    }
+
+    async fn deliver_stored(&self, nid: StreamId, command: Command, scope: Scope) -> Result<(), DeliveryError> {
+        let fanout = self.inner.fanout.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let (Scope::Cluster, Some(fanout)) = (scope, fanout) {
+            match fanout.publish(nid, &command).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    self.inner.metrics.inc("herald_cluster_fallbacks_total", &[]);
+                    tracing::debug!(error = %e, "cluster publish failed: delivering on this instance only");
+                }
+            }
+        }
+        self.apply_stored_locally(nid, command).await
+    }
+
+    /// Delivers a stored emit to this instance's sockets, with its id in the payload.
+    pub async fn apply_stored_locally(&self, nid: StreamId, command: Command) -> Result<(), DeliveryError> {
+        let Command::Emit { mut target, event, mut args } = command else {
+            return self.inner.sockets.apply(&command, Scope::Local).await;
+        };
+        stamp_id(&mut args, nid);
+        let _gate = self.inner.gate.read().await;
+        {
+            let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = self.inner.sequence.fetch_add(1, Ordering::SeqCst);
+            recent.applied.push_back((seq, nid, Instant::now()));
+            if let Some((sids, _)) = recent.replayed.remove(&nid) {
+                target.except.extend(sids);
+            }
+            recent.forget_old();
+        }
+        self.inner.sockets.apply(&Command::Emit { target, event, args }, Scope::Local).await
+    }
+
+    pub(crate) fn gate(&self) -> &tokio::sync::RwLock<()> {
+        &self.inner.gate
+    }
+
+    pub(crate) fn sequence(&self) -> u64 {
+        self.inner.sequence.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.inner.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn local_connections(&self) -> usize {
-        self.sockets.local_connections()
+        self.inner.sockets.local_connections()
+    }
+
+    pub fn local_users(&self) -> Vec<String> {
+        self.inner.sockets.local_users()
     }
 
     pub async fn close_all(&self) {
-        self.sockets.close().await
+        self.inner.sockets.close().await
+    }
+}
+
+/// Puts the notification id in the first argument when it is an object: as `id`, or as
+/// `_herald_id` when the producer set its own `id`.
+pub fn stamp_id(args: &mut Args, nid: StreamId) {
+    if let Some(first @ Value::Object(_)) = args.0.first_mut() {
+        let field = if first.get("id").is_some_and(|v| *v != Value::String(nid.to_string())) { "_herald_id" } else { "id" };
+        first.insert(field, Value::String(nid.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamp_keeps_producer_ids() {
+        let nid = StreamId::new(5, 1);
+        let mut args = Args::one(Value::Object(vec![("id".into(), Value::Int(7))]));
+        stamp_id(&mut args, nid);
+        assert_eq!(args.0[0].get("id"), Some(&Value::Int(7)));
+        assert_eq!(args.0[0].get("_herald_id"), Some(&Value::String("5-1".into())));
+        let mut args = Args::one(Value::Object(vec![]));
+        stamp_id(&mut args, nid);
+        assert_eq!(args.0[0].get("id"), Some(&Value::String("5-1".into())));
+        let mut args = Args::one(Value::String("plain".into()));
+        stamp_id(&mut args, nid);
+        assert_eq!(args.0[0], Value::String("plain".into()));
+    }
+
+    #[test]
+    fn policy_stores_persisted_rooms_and_broadcasts_of_persisted_events() {
+        let policy = PersistPolicy::new(&DeliverySettings::default());
+        let rooms = vec!["user_1".to_string(), "team-updates".to_string()];
+        assert_eq!(policy.streams("notification", &rooms), vec!["user_1".to_string()]);
+        assert_eq!(policy.streams("notification", &[]), vec![BROADCAST_STREAM.to_string()]);
+        assert!(policy.streams("chat", &rooms).is_empty());
     }
 }

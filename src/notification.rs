@@ -1,9 +1,8 @@
 //! The notification envelope Herald builds itself (SPEC §3 welcome, §5 API notifications).
 //!
 //! Flask-SocketIO services emitted `{type, message, data, timestamp}`; Herald keeps those fields
-//! and adds `id` (sortable, `<unix-ms>-<seq>` like a Redis stream id), `priority` and `channel`.
-
-use std::sync::Mutex;
+//! and adds `priority`, `channel` and `id` (the stored notification's id, stamped by the delivery
+//! path).
 
 use chrono::{SecondsFormat, Utc};
 
@@ -20,21 +19,6 @@ pub fn now_ms() -> u64 {
     Utc::now().timestamp_millis().max(0) as u64
 }
 
-/// Issues ids that sort in issue order within this process: `<unix-ms>-<seq>`.
-#[derive(Default)]
-pub struct IdGenerator {
-    last: Mutex<(u64, u64)>,
-}
-
-impl IdGenerator {
-    pub fn next(&self) -> String {
-        let now = now_ms();
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        *last = if now > last.0 { (now, 0) } else { (last.0, last.1 + 1) };
-        format!("{}-{}", last.0, last.1)
-    }
-}
-
 /// A notification as the HTTP API describes it, before it has an id and a channel.
 #[derive(Debug, Clone)]
 pub struct Notification {
@@ -45,10 +29,9 @@ pub struct Notification {
 }
 
 impl Notification {
-    /// The envelope delivered to `channel`.
-    pub fn envelope(&self, id: &str, timestamp: &str, channel: &str) -> Value {
+    /// The envelope delivered to `channel` (the delivery path adds `id`).
+    pub fn envelope(&self, timestamp: &str, channel: &str) -> Value {
         Value::Object(vec![
-            ("id".into(), id.into()),
             ("type".into(), self.kind.clone().into()),
             ("message".into(), self.message.clone().into()),
             ("data".into(), self.data.clone()),
@@ -78,17 +61,6 @@ pub fn welcome(user_id: Option<&str>, sid: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_sort_in_issue_order() {
-        let ids = IdGenerator::default();
-        let a: Vec<String> = (0..1000).map(|_| ids.next()).collect();
-        let parse = |id: &str| {
-            let (ms, seq) = id.split_once('-').unwrap();
-            (ms.parse::<u64>().unwrap(), seq.parse::<u64>().unwrap())
-        };
-        assert!(a.windows(2).all(|w| parse(&w[0]) < parse(&w[1])));
-    }
 
     #[test]
     fn timestamps_are_iso_utc() {

@@ -158,3 +158,66 @@ mod tests {
         assert_eq!(serde_json::to_string(&v).unwrap(), r#"{"id":"x","k":true}"#);
     }
 }
+
+/// The JSON form of [`Args`] kept in storage and sent between instances: binary values become
+/// `{"_herald_bin": "<base64>"}` so that they come back as binary.
+pub mod stored {
+    use base64::Engine;
+
+    use super::{Args, Value};
+
+    const BINARY_KEY: &str = "_herald_bin";
+
+    pub fn encode(args: &Args) -> String {
+        serde_json::Value::Array(args.0.iter().map(to_json).collect()).to_string()
+    }
+
+    pub fn decode(text: &str) -> Result<Args, serde_json::Error> {
+        match serde_json::from_str::<serde_json::Value>(text)? {
+            serde_json::Value::Array(items) => Ok(Args(items.into_iter().map(from_json).collect())),
+            other => Ok(Args(vec![from_json(other)])),
+        }
+    }
+
+    fn to_json(value: &Value) -> serde_json::Value {
+        match value {
+            Value::Binary(bytes) => {
+                serde_json::json!({ BINARY_KEY: base64::engine::general_purpose::STANDARD.encode(bytes) })
+            }
+            Value::Array(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
+            Value::Object(fields) => {
+                serde_json::Value::Object(fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
+            }
+            other => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    fn from_json(json: serde_json::Value) -> Value {
+        match json {
+            serde_json::Value::Object(map) if map.len() == 1 && map.contains_key(BINARY_KEY) => {
+                let encoded = map[BINARY_KEY].as_str().unwrap_or_default();
+                match base64::engine::general_purpose::STANDARD.decode(encoded) {
+                    Ok(bytes) => Value::Binary(bytes.into()),
+                    Err(_) => Value::Object(map.into_iter().map(|(k, v)| (k, from_json(v))).collect()),
+                }
+            }
+            serde_json::Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, from_json(v))).collect()),
+            serde_json::Value::Array(items) => Value::Array(items.into_iter().map(from_json).collect()),
+            other => Value::from(other),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn binary_survives_a_round_trip() {
+            let args = Args(vec![
+                Value::Object(vec![("blob".into(), Value::Binary(vec![0u8, 1, 255].into())), ("n".into(), Value::Int(1))]),
+                Value::String("x".into()),
+            ]);
+            assert_eq!(decode(&encode(&args)).unwrap(), args);
+        }
+    }
+}

@@ -90,16 +90,16 @@ impl RoomPolicy {
 
 /// A glob where `*` matches any run of characters (possibly empty).
 #[derive(Debug, Clone)]
-struct Pattern {
+pub struct Pattern {
     parts: Vec<String>,
 }
 
 impl Pattern {
-    fn new(glob: &str) -> Pattern {
+    pub fn new(glob: &str) -> Pattern {
         Pattern { parts: glob.split('*').map(String::from).collect() }
     }
 
-    fn matches(&self, text: &str) -> bool {
+    pub fn matches(&self, text: &str) -> bool {
         let (first, rest) = self.parts.split_first().expect("split yields at least one part");
         let Some(mut remaining) = text.strip_prefix(first.as_str()) else { return false };
         let Some((last, middle)) = rest.split_last() else { return remaining.is_empty() };

@@ -20,7 +20,10 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::auth::Verifier;
 use crate::configuration::Settings;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, PersistPolicy};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::Store;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::{routes, socket};
@@ -45,10 +48,13 @@ impl Application {
             .ping_timeout(sio.ping_timeout())
             .max_payload(sio.max_payload_bytes)
             .ws_max_message_size(sio.max_payload_bytes as usize)
+            // Room for a full replay (plus its summary and the welcome) queued at once.
+            .max_buffer_size(settings.delivery.max_replay + 128)
             .build_layer();
 
         let metrics = Arc::new(Metrics::default());
-        let delivery = Delivery::new(Arc::new(io.clone()), metrics.clone());
+        let store = build_store(&settings)?;
+        let delivery = Delivery::new(Arc::new(io.clone()), store, PersistPolicy::new(&settings.delivery), metrics.clone());
         let state = Arc::new(AppState::new(settings, verifier, delivery, metrics));
         socket::register(&io, state.clone());
 
@@ -80,6 +86,7 @@ impl Application {
             }
         });
         let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+        let seen_keeper = tokio::spawn(keep_seen_marks(state.clone()));
         let drain_state = state.clone();
         let drain = async move {
             shutdown.await;
@@ -99,8 +106,42 @@ impl Application {
             Ok(result) => result??,
             Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over: closing remaining connections"),
         }
+        seen_keeper.abort();
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let delivery = &settings.delivery;
+    let max_age = Duration::from_secs(delivery.stream_max_age_secs);
+    Ok(if settings.redis.url.is_empty() {
+        Arc::new(MemoryStore::new(delivery.stream_max_len, max_age))
+    } else {
+        Arc::new(RedisStore::new(&settings.redis.url, delivery.stream_max_len, max_age)?)
+    })
+}
+
+/// How often the seen marks of connected users move forward.
+const SEEN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Moves the seen mark of every user connected here, so that if this instance dies without
+/// running its disconnect handlers, replay elsewhere starts close to where the user stopped
+/// rather than at their previous disconnect. The mark lags by a heartbeat (ping interval +
+/// timeout): a socket may have been dead that long before anyone noticed.
+async fn keep_seen_marks(state: Arc<AppState>) {
+    let lag = state.settings.socketio.heartbeat_window();
+    let mut ticker = tokio::time::interval(SEEN_INTERVAL);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let mark = crate::replay::lagging_now(lag.as_millis() as u64);
+        for user in state.delivery.local_users() {
+            if let Err(e) = state.delivery.store().advance_seen(&user, mark).await {
+                tracing::debug!(error = %e, "seen marks not advanced");
+                break;
+            }
+        }
     }
 }
 

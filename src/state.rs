@@ -9,7 +9,6 @@ use crate::auth::Verifier;
 use crate::configuration::Settings;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
-use crate::notification::IdGenerator;
 use crate::rooms::RoomPolicy;
 
 pub struct AppState {
@@ -19,7 +18,6 @@ pub struct AppState {
     pub room_policy: RoomPolicy,
     pub delivery: Delivery,
     pub metrics: Arc<Metrics>,
-    pub ids: IdGenerator,
     pub started_at: Instant,
     draining: AtomicBool,
 }
@@ -33,7 +31,6 @@ impl AppState {
             verifier,
             delivery,
             metrics,
-            ids: IdGenerator::default(),
             started_at: Instant::now(),
             draining: AtomicBool::new(false),
         }

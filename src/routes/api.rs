@@ -1,4 +1,5 @@
-//! The backend HTTP API (SPEC §6): `POST /api/v1/notify` and `POST /api/v1/emit`.
+//! The backend HTTP API (SPEC §6, §7): `POST /api/v1/notify`, `POST /api/v1/emit`, and a
+//! user's stored notifications (`GET /api/v1/users/<id>/notifications`, `POST .../read`).
 //!
 //! Bodies are parsed by hand from JSON so that every mistake gets a 400 naming the field at
 //! fault, instead of a framework's generic rejection.
@@ -6,7 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -17,6 +18,7 @@ use super::ApiError;
 use crate::delivery::{Command, Scope, Target};
 use crate::notification::{iso_now, Notification, EVENT};
 use crate::payload::{Args, Value};
+use crate::replay::{HistoryQuery, Inbox, ReadRequest};
 use crate::rooms::{project_room, role_room, user_room};
 use crate::state::AppState;
 
@@ -148,18 +150,24 @@ pub async fn notify(State(state): State<Arc<AppState>>, body: Bytes) -> Result<i
     let recipients = recipients(body.get("to"))?;
     let notification = notification(&body)?;
     let namespace = namespace(&state, &body)?;
-    let id = state.ids.next();
     let timestamp = iso_now();
     let deliveries = match recipients {
         Recipients::Broadcast => vec![("broadcast".to_string(), vec![])],
         Recipients::Rooms(rooms) => rooms.into_iter().map(|r| (r.clone(), vec![r])).collect(),
     };
+    let mut ids = Vec::with_capacity(deliveries.len());
     for (channel, rooms) in deliveries {
-        let args = Args::one(notification.envelope(&id, &timestamp, &channel));
+        let args = Args::one(notification.envelope(&timestamp, &channel));
         let command = Command::Emit { target: Target::rooms(&namespace, rooms), event: EVENT.into(), args };
-        state.delivery.apply(command, Scope::Cluster, "http").await.map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let nid = state.delivery.apply(command, Scope::Cluster, "http", None).await.map_err(unavailable)?;
+        ids.push(nid.map(|n| n.to_string()));
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id }))))
+    // One id per recipient room; `id` is the first (the only one for a single recipient).
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": ids[0], "ids": ids }))))
+}
+
+fn unavailable(e: crate::delivery::DeliveryError) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
 
 /// Events a backend may not emit: they are reserved by the Socket.IO protocol.
@@ -184,6 +192,41 @@ pub async fn emit(State(state): State<Arc<AppState>>, body: Bytes) -> Result<imp
         except: string_list(body.get("except"), "except")?,
     };
     let command = Command::Emit { target, event, args: Args(args) };
-    state.delivery.apply(command, Scope::Cluster, "http").await.map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    state.delivery.apply(command, Scope::Cluster, "http", None).await.map_err(unavailable)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))))
+}
+
+/// `GET /api/v1/users/<id>/notifications?after=&before=&limit=` → `{"items": [...], "unread": N}`.
+pub async fn user_notifications(
+    State(state): State<Arc<AppState>>,
+    Path(user): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut json = Map::new();
+    for key in ["after", "before"] {
+        if let Some(v) = query.get(key) {
+            json.insert(key.into(), Json_::String(v.clone()));
+        }
+    }
+    if let Some(limit) = query.get("limit") {
+        let limit: u64 = limit.parse().map_err(|_| ApiError::bad_request("limit must be a positive integer"))?;
+        json.insert("limit".into(), limit.into());
+    }
+    let query = HistoryQuery::from_json(Json_::Object(json)).map_err(ApiError::bad_request)?;
+    let inbox = Inbox::of_user(&state.delivery, "/", &user).await.map_err(store_down)?;
+    let (items, unread) = inbox.history(query.after, query.before, query.limit).await.map_err(store_down)?;
+    Ok(Json(json!({ "ok": true, "items": items, "unread": unread })))
+}
+
+/// `POST /api/v1/users/<id>/notifications/read` `{"ids": [...]}` or `{"up_to": id}` → `{"ok": true, "unread": N}`.
+pub async fn mark_user_notifications_read(State(state): State<Arc<AppState>>, Path(user): Path<String>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+    let body = parse_object(&body)?;
+    let request = ReadRequest::from_json(Json_::Object(body)).map_err(ApiError::bad_request)?;
+    let inbox = Inbox::of_user(&state.delivery, "/", &user).await.map_err(store_down)?;
+    let unread = inbox.mark_read(&request.ids, request.up_to).await.map_err(store_down)?;
+    Ok(Json(json!({ "ok": true, "unread": unread })))
+}
+
+fn store_down(e: crate::store::StoreError) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }

@@ -1,4 +1,5 @@
-//! Events clients send (SPEC §4): `room:join`, `room:leave`, `ping`, and anything else.
+//! Events clients send (SPEC §4): `room:join`, `room:leave`, `ping`, `notifications:history`,
+//! `notifications:read`, and anything else.
 //!
 //! Every handler answers malformed input with an error ack `{"ok":false,"error":...}` and keeps
 //! the connection open: a bad payload from one client costs that client an error, nothing more.
@@ -11,11 +12,12 @@ use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 
 use crate::auth::Identity;
 use crate::notification::now_ms;
+use crate::replay::{HistoryQuery, Inbox, ReadRequest};
 use crate::rooms::{granted_rooms, JoinRefusal};
 use crate::state::AppState;
 
 /// Event names counted by name in `/metrics`; anything else counts as `other`.
-const KNOWN_EVENTS: [&str; 3] = ["room:join", "room:leave", "ping"];
+const KNOWN_EVENTS: [&str; 5] = ["room:join", "room:leave", "ping", "notifications:history", "notifications:read"];
 
 pub fn register<A: Adapter>(socket: &SocketRef<A>, state: Arc<AppState>) {
     let st = state.clone();
@@ -40,6 +42,22 @@ pub fn register<A: Adapter>(socket: &SocketRef<A>, state: Arc<AppState>) {
         async move {
             count_event(&st, "ping");
             answer(ack, ping(&s, data.ok()));
+        }
+    });
+    let st = state.clone();
+    socket.on("notifications:history", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
+        let st = st.clone();
+        async move {
+            count_event(&st, "notifications:history");
+            answer(ack, history(&st, &s, data.ok()).await);
+        }
+    });
+    let st = state.clone();
+    socket.on("notifications:read", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
+        let st = st.clone();
+        async move {
+            count_event(&st, "notifications:read");
+            answer(ack, mark_read(&st, &s, data.ok()).await);
         }
     });
     socket.on_fallback(move |s: SocketRef<A>, Event(event): Event, ack: AckSender<A>| {
@@ -133,6 +151,32 @@ fn ping<A: Adapter>(socket: &SocketRef<A>, data: Option<Value>) -> Result<Value,
         tracing::debug!(sid = %socket.id, error = %e, "pong not sent");
     }
     Ok(pong)
+}
+
+/// The inbox of the socket's user over the rooms it is in.
+fn inbox<'a, A: Adapter>(state: &'a AppState, socket: &'a SocketRef<A>, user: &'a str) -> Inbox<'a> {
+    Inbox::new(&state.delivery, socket.ns(), user, &socket.rooms().iter().map(|r| r.to_string()).collect::<Vec<_>>())
+}
+
+fn user_of<A: Adapter>(socket: &SocketRef<A>) -> Result<String, String> {
+    socket.extensions.get::<Identity>().map(|i| i.user_id).ok_or_else(|| "anonymous sockets have no notifications".into())
+}
+
+async fn history<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
+    let user = user_of(socket)?;
+    let query = HistoryQuery::from_json(data.unwrap_or(Value::Null))?;
+    let (items, unread) = inbox(state, socket, &user)
+        .history(query.after, query.before, query.limit)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(json!({ "ok": true, "items": items, "unread": unread }))
+}
+
+async fn mark_read<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
+    let user = user_of(socket)?;
+    let request = ReadRequest::from_json(data.unwrap_or(Value::Null))?;
+    let unread = inbox(state, socket, &user).mark_read(&request.ids, request.up_to).await.map_err(|e| e.to_string())?;
+    Ok(json!({ "ok": true, "unread": unread }))
 }
 
 fn truncate(s: &str, max: usize) -> &str {

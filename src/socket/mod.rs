@@ -1,5 +1,6 @@
 //! The Socket.IO layer: who may connect to each namespace, and what a socket does on connect
-//! (SPEC §2, §3). Client events live in [`events`].
+//! (SPEC §2, §3: rooms, welcome, replay of what it missed) and on disconnect (the user's seen
+//! mark). Client events live in [`events`].
 //!
 //! Every namespace in `socketio.namespaces` behaves like `/`: the same authentication, the same
 //! automatic rooms, the same events. Handlers are generic over the adapter so that the embedded
@@ -18,7 +19,9 @@ use socketioxide::SocketIo;
 
 use crate::auth::{find_token, Identity, Refusal};
 use crate::notification::{self, EVENT};
-use crate::rooms::granted_rooms;
+use crate::replay::{join_and_replay, lagging_now};
+use crate::rooms::{granted_rooms, user_room};
+use crate::store::StreamId;
 use crate::state::AppState;
 
 /// Serves every configured namespace on `io`.
@@ -28,7 +31,7 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, state: Arc<AppSta
             let state = state.clone();
             move |socket: SocketRef<A>| {
                 let state = state.clone();
-                async move { on_connect(socket, state) }
+                async move { on_connect(socket, state).await }
             }
         };
         let authenticate = {
@@ -62,6 +65,14 @@ fn check_connect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, auth: Opti
         Some(token) => {
             let identity = state.verifier.verify(&token)?;
             socket.extensions.insert(identity);
+            if let Some(last_id) = auth.as_ref().and_then(|a| a.get("last_id")).and_then(|l| l.as_str()) {
+                match last_id.parse::<StreamId>() {
+                    Ok(id) => {
+                        socket.extensions.insert(LastSeen(id));
+                    }
+                    Err(e) => tracing::debug!(sid = %socket.id, error = %e, "auth.last_id ignored"),
+                }
+            }
             Ok(())
         }
         None if state.settings.auth.required => Err(Refusal::MissingToken),
@@ -69,13 +80,12 @@ fn check_connect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, auth: Opti
     }
 }
 
-fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
+/// The `auth.last_id` a client sent: replay resumes after it.
+#[derive(Debug, Clone, Copy)]
+struct LastSeen(StreamId);
+
+async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
     let identity = socket.extensions.get::<Identity>();
-    let mut rooms = vec![socket.id.to_string()];
-    if let Some(identity) = &identity {
-        rooms.extend(granted_rooms(identity));
-    }
-    socket.join(rooms);
     state.metrics.inc("herald_connects_total", &[]);
     tracing::debug!(sid = %socket.id, ns = socket.ns(), user = identity.as_ref().map(|i| i.user_id.as_str()), "connected");
 
@@ -83,15 +93,60 @@ fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
     if let Err(e) = socket.emit(EVENT, &welcome) {
         tracing::debug!(sid = %socket.id, error = %e, "welcome not sent");
     }
-
     events::register(&socket, state.clone());
+    let disconnect_state = state.clone();
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
-        let state = state.clone();
-        async move {
-            state.metrics.inc("herald_disconnects_total", &[("reason", disconnect_reason(reason))]);
-            tracing::debug!(sid = %socket.id, %reason, "disconnected");
-        }
+        let state = disconnect_state.clone();
+        async move { on_disconnect(&state, &socket, reason).await }
     });
+
+    let mut rooms = vec![socket.id.to_string()];
+    let mut after = None;
+    if let Some(identity) = &identity {
+        let granted = granted_rooms(identity);
+        after = replay_cursor(&state, &socket, identity).await;
+        let persisted: Vec<String> = granted.iter().filter(|r| state.delivery.persist().persists_room(r)).cloned().collect();
+        if let Err(e) = state.delivery.store().set_user_rooms(&identity.user_id, &persisted).await {
+            tracing::debug!(error = %e, "user rooms not recorded");
+        }
+        rooms.extend(granted);
+    }
+    join_and_replay(&state.delivery, &socket, rooms, after, state.settings.delivery.max_replay).await;
+}
+
+/// Where replay starts: the client's `auth.last_id`; otherwise, when no other socket of the user
+/// is on this instance, the user's seen mark (nothing for a user never seen before).
+async fn replay_cursor<A: Adapter>(state: &AppState, socket: &SocketRef<A>, identity: &Identity) -> Option<StreamId> {
+    if let Some(LastSeen(id)) = socket.extensions.get::<LastSeen>() {
+        return Some(id);
+    }
+    let other_tabs = socket.within(user_room(&identity.user_id)).local().sockets();
+    if other_tabs.iter().any(|s| s.id != socket.id) {
+        return None;
+    }
+    match state.delivery.store().seen(&identity.user_id).await {
+        Ok(seen) => seen,
+        Err(e) => {
+            tracing::warn!(error = %e, "seen mark unavailable: no replay");
+            None
+        }
+    }
+}
+
+/// Records where the user stopped: now after a clean disconnect; a heartbeat earlier after a
+/// lost connection, since what was sent in that window may never have arrived.
+async fn on_disconnect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, reason: DisconnectReason) {
+    state.metrics.inc("herald_disconnects_total", &[("reason", disconnect_reason(reason))]);
+    tracing::debug!(sid = %socket.id, %reason, "disconnected");
+    let Some(identity) = socket.extensions.get::<Identity>() else { return };
+    let clean = matches!(
+        reason,
+        DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect | DisconnectReason::ServerNSDisconnect | DisconnectReason::ClosingServer
+    );
+    let lag = if clean { 0 } else { state.settings.socketio.heartbeat_window().as_millis() as u64 };
+    if let Err(e) = state.delivery.store().advance_seen(&identity.user_id, lagging_now(lag)).await {
+        tracing::warn!(error = %e, user = %identity.user_id, "seen mark not recorded");
+    }
 }
 
 fn disconnect_reason(reason: DisconnectReason) -> &'static str {

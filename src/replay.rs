@@ -1,0 +1,240 @@
+//! What a user missed: replay on connect, and the inbox (history, read state) over the socket
+//! and HTTP (SPEC §7, §4 `notifications:*`).
+//!
+//! Replay must neither lose nor repeat a notification that is being delivered while the socket
+//! connects. It works with the gate in [`Delivery`]: every stored emit applied on this instance
+//! holds the gate for reading and records `(sequence, nid)`. A replay
+//! 1. joins the rooms while holding the gate for writing, noting the sequence number `J`;
+//! 2. reads the stored entries after the cursor (no lock held);
+//! 3. holding the gate for writing again, drops entries applied here after `J` (they reached the
+//!    socket live), marks the rest as replayed to this socket (so that an entry still on its way
+//!    to this instance leaves this socket out when it arrives), and emits them in order.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::{json, Value as Json};
+use socketioxide::adapter::Adapter;
+use socketioxide::extract::SocketRef;
+
+use crate::delivery::{stamp_id, Delivery};
+use crate::notification::{iso_now, now_ms, EVENT};
+use crate::payload::Value;
+use crate::store::{merged_range, Entry, ReadState, StoreError, StreamId, BROADCAST_STREAM};
+
+/// Joins `rooms` and replays what was stored for them after `after` (nothing when `None`).
+pub async fn join_and_replay<A: Adapter>(delivery: &Delivery, socket: &SocketRef<A>, rooms: Vec<String>, after: Option<StreamId>, max_replay: usize) {
+    let joined_at = {
+        let _gate = delivery.gate().write().await;
+        socket.join(rooms.clone());
+        delivery.sequence()
+    };
+    let Some(after) = after else { return };
+    let streams = persisted_streams(delivery, &rooms);
+    let mut entries = match merged_range(delivery.store().as_ref(), socket.ns(), &streams, Some(after)).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            delivery.metrics().inc("herald_replay_failures_total", &[]);
+            tracing::warn!(sid = %socket.id, error = %e, "replay skipped: store unavailable");
+            return;
+        }
+    };
+
+    let _gate = delivery.gate().write().await;
+    {
+        let mut recent = delivery.recent();
+        let live: HashSet<StreamId> = recent.applied.iter().filter(|(seq, _, _)| *seq >= joined_at).map(|(_, nid, _)| *nid).collect();
+        entries.retain(|e| !live.contains(&e.nid));
+        let now = std::time::Instant::now();
+        for entry in &entries {
+            recent.replayed.entry(entry.nid).or_insert_with(|| (vec![], now)).0.push(socket.id.to_string());
+        }
+    }
+    if entries.is_empty() {
+        return;
+    }
+    let missed = entries.len();
+    if missed > max_replay {
+        let summary = offline_summary(&entries, max_replay);
+        entries.drain(..missed - max_replay);
+        emit(socket, EVENT, &crate::payload::Args::one(summary));
+    }
+    for entry in entries {
+        let mut args = entry.args;
+        stamp_id(&mut args, entry.nid);
+        emit(socket, &entry.event, &args);
+    }
+    delivery.metrics().add("herald_replayed_total", &[], missed.min(max_replay) as u64);
+}
+
+fn emit<A: Adapter>(socket: &SocketRef<A>, event: &str, args: &crate::payload::Args) {
+    if let Err(e) = socket.emit(event, args) {
+        tracing::debug!(sid = %socket.id, error = %e, "replayed notification not sent");
+    }
+}
+
+/// The streams among `rooms` that are stored, plus the namespace's broadcast stream.
+pub fn persisted_streams(delivery: &Delivery, rooms: &[String]) -> Vec<String> {
+    let mut streams: Vec<String> = rooms.iter().filter(|r| delivery.persist().persists_room(r)).cloned().collect();
+    if delivery.persist().persists_broadcasts() {
+        streams.push(BROADCAST_STREAM.to_string());
+    }
+    streams
+}
+
+/// `{"type":"offline_summary", "data":{"missed":N, "replayed":M, "by_type":{...}}, ...}`
+fn offline_summary(entries: &[Entry], replayed: usize) -> Value {
+    let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
+    for entry in entries {
+        let kind = entry.args.0.first().and_then(|a| a.get("type")).and_then(Value::as_str).unwrap_or(&entry.event);
+        *by_type.entry(kind.to_string()).or_default() += 1;
+    }
+    Value::from(json!({
+        "type": "offline_summary",
+        "message": format!("{} notifications arrived while you were offline", entries.len()),
+        "timestamp": iso_now(),
+        "data": { "missed": entries.len(), "replayed": replayed, "by_type": by_type },
+    }))
+}
+
+/// The cursor for a client that does not say where it stopped: its user's seen mark.
+pub fn lagging_now(lag_ms: u64) -> StreamId {
+    StreamId::new(now_ms().saturating_sub(lag_ms), 0)
+}
+
+/// One user's stored notifications in one namespace.
+pub struct Inbox<'a> {
+    delivery: &'a Delivery,
+    namespace: &'a str,
+    user: &'a str,
+    streams: Vec<String>,
+}
+
+/// Largest page of history.
+pub const MAX_HISTORY: usize = 200;
+
+impl<'a> Inbox<'a> {
+    /// The inbox over `rooms` (the persisted ones are kept).
+    pub fn new(delivery: &'a Delivery, namespace: &'a str, user: &'a str, rooms: &[String]) -> Inbox<'a> {
+        Inbox { delivery, namespace, user, streams: persisted_streams(delivery, rooms) }
+    }
+
+    /// The inbox over the rooms the user's token granted when they last connected.
+    pub async fn of_user(delivery: &'a Delivery, namespace: &'a str, user: &'a str) -> Result<Inbox<'a>, StoreError> {
+        let mut rooms = delivery.store().user_rooms(user).await?;
+        let own = crate::rooms::user_room(user);
+        if !rooms.contains(&own) {
+            rooms.push(own);
+        }
+        Ok(Inbox::new(delivery, namespace, user, &rooms))
+    }
+
+    async fn entries(&self) -> Result<(Vec<Entry>, ReadState), StoreError> {
+        let entries = merged_range(self.delivery.store().as_ref(), self.namespace, &self.streams, None).await?;
+        let state = self.delivery.store().read_state(self.user).await?;
+        Ok((entries, state))
+    }
+
+    /// Newest first: at most `limit` entries with ids in (`after`, `before`), and the unread count.
+    pub async fn history(&self, after: Option<StreamId>, before: Option<StreamId>, limit: usize) -> Result<(Vec<Json>, usize), StoreError> {
+        let (entries, state) = self.entries().await?;
+        let unread = entries.iter().filter(|e| !is_read(&state, e.nid)).count();
+        let items = entries
+            .iter()
+            .rev()
+            .filter(|e| after.is_none_or(|a| e.nid > a) && before.is_none_or(|b| e.nid < b))
+            .take(limit.min(MAX_HISTORY))
+            .map(|e| item(e, is_read(&state, e.nid)))
+            .collect();
+        Ok((items, unread))
+    }
+
+    /// Marks `ids` (and everything up to `up_to`) read; returns the unread count.
+    pub async fn mark_read(&self, ids: &[StreamId], up_to: Option<StreamId>) -> Result<usize, StoreError> {
+        self.delivery.store().mark_read(self.user, ids, up_to).await?;
+        let (entries, state) = self.entries().await?;
+        Ok(entries.iter().filter(|e| !is_read(&state, e.nid)).count())
+    }
+}
+
+fn is_read(state: &ReadState, nid: StreamId) -> bool {
+    state.up_to.is_some_and(|u| nid <= u) || state.ids.binary_search(&nid).is_ok()
+}
+
+/// A stored entry as history shows it: the payload with its id and `read`, or, for payloads
+/// that are not objects, `{id, event, args, read}`.
+fn item(entry: &Entry, read: bool) -> Json {
+    let mut args = entry.args.clone();
+    stamp_id(&mut args, entry.nid);
+    match args.0.first() {
+        Some(first @ Value::Object(_)) if args.0.len() == 1 => {
+            let mut json = serde_json::to_value(first).unwrap_or(Json::Null);
+            json["read"] = Json::Bool(read);
+            json
+        }
+        _ => json!({ "id": entry.nid.to_string(), "event": entry.event, "args": serde_json::to_value(&args.0).unwrap_or(Json::Null), "read": read }),
+    }
+}
+
+/// `{"before"?: id, "after"?: id, "limit"?: n}`, from a socket event or an HTTP query.
+#[derive(Debug, Default)]
+pub struct HistoryQuery {
+    pub after: Option<StreamId>,
+    pub before: Option<StreamId>,
+    pub limit: usize,
+}
+
+/// Page size when the client names none.
+const DEFAULT_HISTORY: usize = 50;
+
+impl HistoryQuery {
+    pub fn from_json(value: Json) -> Result<HistoryQuery, String> {
+        let map = match value {
+            Json::Null => serde_json::Map::new(),
+            Json::Object(map) => map,
+            _ => return Err("expected {\"before\"?: id, \"after\"?: id, \"limit\"?: n}".into()),
+        };
+        let id = |key: &str| -> Result<Option<StreamId>, String> {
+            match map.get(key) {
+                None | Some(Json::Null) => Ok(None),
+                Some(Json::String(s)) => s.parse().map(Some),
+                Some(_) => Err(format!("{key} must be a notification id string")),
+            }
+        };
+        let limit = match map.get("limit") {
+            None | Some(Json::Null) => DEFAULT_HISTORY,
+            Some(n) => n.as_u64().filter(|n| *n > 0).ok_or("limit must be a positive integer")? as usize,
+        };
+        Ok(HistoryQuery { after: id("after")?, before: id("before")?, limit: limit.min(MAX_HISTORY) })
+    }
+}
+
+/// `{"ids": [...]}` and/or `{"up_to": id}`.
+#[derive(Debug, Default)]
+pub struct ReadRequest {
+    pub ids: Vec<StreamId>,
+    pub up_to: Option<StreamId>,
+}
+
+impl ReadRequest {
+    pub fn from_json(value: Json) -> Result<ReadRequest, String> {
+        const EXPECTED: &str = "expected {\"ids\": [id, ...]} or {\"up_to\": id}";
+        let Json::Object(map) = value else { return Err(EXPECTED.into()) };
+        let ids = match map.get("ids") {
+            None | Some(Json::Null) => vec![],
+            Some(Json::Array(ids)) => ids
+                .iter()
+                .map(|i| i.as_str().ok_or_else(|| "ids must be notification id strings".to_string()).and_then(|s| s.parse()))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(EXPECTED.into()),
+        };
+        let up_to = match map.get("up_to") {
+            None | Some(Json::Null) => None,
+            Some(Json::String(s)) => Some(s.parse()?),
+            Some(_) => return Err("up_to must be a notification id string".into()),
+        };
+        if ids.is_empty() && up_to.is_none() {
+            return Err(EXPECTED.into());
+        }
+        Ok(ReadRequest { ids, up_to })
+    }
+}
