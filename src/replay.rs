@@ -96,9 +96,10 @@ fn offline_summary(entries: &[Entry], replayed: usize) -> Value {
     }))
 }
 
-/// The cursor for a client that does not say where it stopped: its user's seen mark.
+/// A seen mark `lag_ms` ago: everything stored before that millisecond. Whatever is stored in
+/// the same millisecond is replayed rather than risked.
 pub fn lagging_now(lag_ms: u64) -> StreamId {
-    StreamId::new(now_ms().saturating_sub(lag_ms), 0)
+    StreamId::new(now_ms().saturating_sub(lag_ms + 1), u64::MAX)
 }
 
 /// One user's stored notifications in one namespace.

@@ -80,6 +80,33 @@ impl TestApp {
         client
     }
 
+    /// Connects with `auth: {token, last_id}` (a client that remembers where it stopped).
+    pub async fn connect_after(&self, user: &str, last_id: Option<&str>) -> TestClient {
+        let mut auth = json!({ "token": self.token(user) });
+        if let Some(id) = last_id {
+            auth["last_id"] = json!(id);
+        }
+        TestClient::connect(self.addr, "", Some(auth), "/").await.expect("connects")
+    }
+
+    /// Waits until this instance holds `n` sockets (e.g. after a disconnect was processed).
+    pub async fn wait_for_connections(&self, n: u64) {
+        for _ in 0..100 {
+            if self.get("/health").await.1["connections"] == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("instance never reached {n} connections");
+    }
+
+    /// Sends a notification to one user and returns its id.
+    pub async fn notify_user(&self, user: &str, message: &str) -> String {
+        let (status, body) = self.post("/api/v1/notify", json!({ "to": { "user": user }, "type": "test", "message": message })).await;
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().expect("stored notification id").to_string()
+    }
+
     /// POSTs `body` (raw text) with the API key.
     pub async fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
         let response = self
@@ -251,6 +278,13 @@ impl TestClient {
     /// True when no `event` arrives within `wait`.
     pub async fn receives_nothing(&mut self, event: &str, wait: Duration) -> bool {
         tokio::time::timeout(wait, self.next_event(event)).await.map(|e| e.is_none()).unwrap_or(true)
+    }
+
+    /// Leaves the namespace and closes the connection, as `socket.disconnect()` does.
+    pub async fn disconnect(mut self) {
+        let frame = format!("41{}", self.ns_prefix());
+        self.send_raw(&frame).await;
+        let _ = self.ws.close(None).await;
     }
 
     /// Reads until the server closes the connection; true if it did within the wait.
