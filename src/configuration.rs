@@ -75,6 +75,8 @@ pub struct AuthSettings {
     pub required: bool,
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
+    /// How long before its token expires a socket receives `auth:expiring`.
+    pub expiry_warning_secs: u64,
 }
 
 impl Default for AuthSettings {
@@ -86,6 +88,7 @@ impl Default for AuthSettings {
             user_claim: "user_id".into(),
             required: true,
             leeway_secs: 0,
+            expiry_warning_secs: 60,
         }
     }
 }
@@ -267,6 +270,9 @@ impl Settings {
         }
         if self.socketio.namespaces.iter().any(|n| !n.starts_with('/')) {
             return Err("socketio.namespaces: every namespace starts with '/'".into());
+        }
+        for proxy in &self.server.trusted_proxies {
+            proxy.parse::<std::net::IpAddr>().map_err(|_| format!("server.trusted_proxies: {proxy:?} is not an IP address"))?;
         }
         if self.socketio.ping_interval_secs == 0 || self.socketio.ping_timeout_secs == 0 {
             return Err("socketio.ping_interval_secs and ping_timeout_secs must be positive".into());

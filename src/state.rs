@@ -8,6 +8,7 @@ use std::time::Instant;
 use crate::auth::Verifier;
 use crate::configuration::Settings;
 use crate::delivery::Delivery;
+use crate::limits::{ConnectRate, ConnectionCounts};
 use crate::metrics::Metrics;
 use crate::rooms::RoomPolicy;
 
@@ -18,6 +19,9 @@ pub struct AppState {
     pub room_policy: RoomPolicy,
     pub delivery: Delivery,
     pub metrics: Arc<Metrics>,
+    pub connections: ConnectionCounts,
+    pub connect_rate: ConnectRate,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     pub started_at: Instant,
     draining: AtomicBool,
 }
@@ -27,6 +31,9 @@ impl AppState {
         AppState {
             node_id: settings.server.node_id(),
             room_policy: RoomPolicy::new(&settings.rooms.joinable, settings.rooms.max_name_bytes),
+            connections: ConnectionCounts::default(),
+            connect_rate: ConnectRate::new(settings.limits.connects_per_ip_per_minute),
+            trusted_proxies: settings.server.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect(),
             settings,
             verifier,
             delivery,

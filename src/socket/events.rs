@@ -1,7 +1,8 @@
 //! Events clients send (SPEC §4): `room:join`, `room:leave`, `ping`, `notifications:history`,
 //! `notifications:read`, and anything else.
 //!
-//! Every handler answers malformed input with an error ack `{"ok":false,"error":...}` and keeps
+//! Every event first passes the socket's rate limit (`limits.events_per_second`). Every handler
+//! answers malformed input with an error ack `{"ok":false,"error":...}` and keeps
 //! the connection open: a bad payload from one client costs that client an error, nothing more.
 
 use std::sync::Arc;
@@ -11,68 +12,117 @@ use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 
 use crate::auth::Identity;
+use crate::limits::{EventBucket, EventVerdict};
 use crate::notification::now_ms;
 use crate::replay::{HistoryQuery, Inbox, ReadRequest};
 use crate::rooms::{granted_rooms, JoinRefusal};
 use crate::state::AppState;
 
 /// Event names counted by name in `/metrics`; anything else counts as `other`.
-const KNOWN_EVENTS: [&str; 5] = ["room:join", "room:leave", "ping", "notifications:history", "notifications:read"];
+const KNOWN_EVENTS: [&str; 6] = ["room:join", "room:leave", "ping", "notifications:history", "notifications:read", "auth:refresh"];
 
 pub fn register<A: Adapter>(socket: &SocketRef<A>, state: Arc<AppState>) {
     let st = state.clone();
     socket.on("room:join", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
         let st = st.clone();
         async move {
-            count_event(&st, "room:join");
-            answer(ack, room_join(&st, &s, data.ok()));
+            let result = match admit(&st, &s, "room:join") {
+                Ok(()) => room_join(&st, &s, data.ok()),
+                Err(e) => Err(e),
+            };
+            answer(ack, result);
         }
     });
     let st = state.clone();
     socket.on("room:leave", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
         let st = st.clone();
         async move {
-            count_event(&st, "room:leave");
-            answer(ack, room_leave(&st, &s, data.ok()));
+            let result = match admit(&st, &s, "room:leave") {
+                Ok(()) => room_leave(&st, &s, data.ok()),
+                Err(e) => Err(e),
+            };
+            answer(ack, result);
         }
     });
     let st = state.clone();
     socket.on("ping", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
         let st = st.clone();
         async move {
-            count_event(&st, "ping");
-            answer(ack, ping(&s, data.ok()));
+            let result = match admit(&st, &s, "ping") {
+                Ok(()) => ping(&s, data.ok()),
+                Err(e) => Err(e),
+            };
+            answer(ack, result);
+        }
+    });
+    let st = state.clone();
+    socket.on("auth:refresh", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
+        let st = st.clone();
+        async move {
+            let result = admit(&st, &s, "auth:refresh").and_then(|()| super::session::refresh(&st, &s, data.ok()));
+            answer(ack, result);
         }
     });
     let st = state.clone();
     socket.on("notifications:history", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
         let st = st.clone();
         async move {
-            count_event(&st, "notifications:history");
-            answer(ack, history(&st, &s, data.ok()).await);
+            let result = match admit(&st, &s, "notifications:history") {
+                Ok(()) => history(&st, &s, data.ok()).await,
+                Err(e) => Err(e),
+            };
+            answer(ack, result);
         }
     });
     let st = state.clone();
     socket.on("notifications:read", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
         let st = st.clone();
         async move {
-            count_event(&st, "notifications:read");
-            answer(ack, mark_read(&st, &s, data.ok()).await);
+            let result = match admit(&st, &s, "notifications:read") {
+                Ok(()) => mark_read(&st, &s, data.ok()).await,
+                Err(e) => Err(e),
+            };
+            answer(ack, result);
         }
     });
     socket.on_fallback(move |s: SocketRef<A>, Event(event): Event, ack: AckSender<A>| {
         let state = state.clone();
         async move {
-            count_event(&state, &event);
-            tracing::debug!(sid = %s.id, event = %truncate(&event, 64), "unknown event");
-            answer(ack, Err("unknown event".into()));
+            let result = admit(&state, &s, &event).and_then(|()| {
+                tracing::debug!(sid = %s.id, event = %truncate(&event, 64), "unknown event");
+                Err("unknown event".to_string())
+            });
+            answer(ack, result);
         }
     });
 }
 
-fn count_event(state: &AppState, event: &str) {
+/// Counts the event and applies the socket's rate limit: `Err` is the error to answer with.
+/// A socket that keeps sending far past its rate is disconnected.
+fn admit<A: Adapter>(state: &AppState, socket: &SocketRef<A>, event: &str) -> Result<(), String> {
     let name = KNOWN_EVENTS.iter().find(|k| **k == event).copied().unwrap_or("other");
     state.metrics.inc("herald_events_in_total", &[("event", name)]);
+    let bucket = match socket.extensions.get::<Arc<EventBucket>>() {
+        Some(bucket) => bucket,
+        None => {
+            let bucket = Arc::new(EventBucket::new(state.settings.limits.events_per_second));
+            socket.extensions.insert(bucket.clone());
+            bucket
+        }
+    };
+    match bucket.take() {
+        EventVerdict::Allow => Ok(()),
+        EventVerdict::Refuse => {
+            state.metrics.inc("herald_event_refusals_total", &[("reason", "rate_limited")]);
+            Err("rate limited".into())
+        }
+        EventVerdict::Disconnect => {
+            state.metrics.inc("herald_event_refusals_total", &[("reason", "abuse_disconnect")]);
+            tracing::info!(sid = %socket.id, "disconnecting a socket that keeps flooding events");
+            let _ = socket.clone().disconnect();
+            Err("rate limited".into())
+        }
+    }
 }
 
 /// Sends the ack (if the client asked for one): the value on success, `{ok:false,error}` otherwise.

@@ -7,9 +7,12 @@
 //! default (local adapter) and the Redis cluster share this code.
 
 mod events;
+mod session;
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use axum::extract::ConnectInfo;
 use socketioxide::adapter::Adapter;
 use socketioxide_core::adapter::DefinedAdapter;
 use socketioxide::extract::{SocketRef, TryData};
@@ -60,8 +63,43 @@ fn check_connect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, auth: Opti
         return Err(Refusal::ServerFull);
     }
     let parts = socket.req_parts();
+    if let Some(ip) = client_ip(parts, &state.trusted_proxies) {
+        if !state.connect_rate.allow(ip) {
+            return Err(Refusal::RateLimited);
+        }
+    }
     let authorization = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
-    match find_token(auth.as_ref(), parts.uri.query(), authorization) {
+    identify(state, socket, auth, parts.uri.query(), authorization)?;
+    let user = socket.extensions.get::<Identity>().map(|i| i.user_id);
+    state.connections.try_add(user.as_deref(), &state.settings.limits)?;
+    socket.extensions.insert(Counted);
+    Ok(())
+}
+
+/// Marks a socket that holds a place in the connection counts (released on disconnect).
+#[derive(Debug, Clone, Copy)]
+struct Counted;
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the nearest address in
+/// `X-Forwarded-For` that is not itself a trusted proxy.
+fn client_ip(parts: &http::request::Parts, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = parts.headers.get_all("x-forwarded-for").iter().filter_map(|h| h.to_str().ok()).collect::<Vec<_>>().join(",");
+    let chain: Vec<IpAddr> = forwarded.split(',').filter_map(|a| a.trim().parse().ok()).collect();
+    Some(chain.into_iter().rev().find(|ip| !trusted.contains(ip)).unwrap_or(peer))
+}
+
+fn identify<A: Adapter>(
+    state: &AppState,
+    socket: &SocketRef<A>,
+    auth: Option<serde_json::Value>,
+    query: Option<&str>,
+    authorization: Option<&str>,
+) -> Result<(), Refusal> {
+    match find_token(auth.as_ref(), query, authorization) {
         Some(token) => {
             let identity = state.verifier.verify(&token)?;
             socket.extensions.insert(identity);
@@ -94,6 +132,7 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
         tracing::debug!(sid = %socket.id, error = %e, "welcome not sent");
     }
     events::register(&socket, state.clone());
+    session::watch_expiry(state.clone(), socket.clone());
     let disconnect_state = state.clone();
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let state = disconnect_state.clone();
@@ -138,7 +177,11 @@ async fn replay_cursor<A: Adapter>(state: &AppState, socket: &SocketRef<A>, iden
 async fn on_disconnect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, reason: DisconnectReason) {
     state.metrics.inc("herald_disconnects_total", &[("reason", disconnect_reason(reason))]);
     tracing::debug!(sid = %socket.id, %reason, "disconnected");
-    let Some(identity) = socket.extensions.get::<Identity>() else { return };
+    let identity = socket.extensions.get::<Identity>();
+    if socket.extensions.remove::<Counted>().is_some() {
+        state.connections.remove(identity.as_ref().map(|i| i.user_id.as_str()));
+    }
+    let Some(identity) = identity else { return };
     let clean = matches!(
         reason,
         DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect | DisconnectReason::ServerNSDisconnect | DisconnectReason::ClosingServer
