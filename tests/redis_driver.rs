@@ -1,0 +1,240 @@
+//! The cluster driver against a real redis-server: delivery, and recovery after the outages
+//! seen in production (Redis killed and restarted, pub/sub clients killed, Redis not up yet
+//! when Herald starts), without recreating the driver.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::redis_server::RedisServer;
+use futures_util::{SinkExt, Stream, StreamExt};
+use herald::cluster::driver::{DriverError, ResilientDriver};
+use herald::cluster::redis_state::RedisState;
+use herald::cluster::{self, ResilientAdapter};
+use socketioxide::adapter::{Adapter, Emitter};
+use socketioxide::extract::SocketRef;
+use socketioxide::SocketIo;
+use socketioxide_redis::drivers::Driver;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Generous bound for anything that should happen "within a few seconds".
+const RECOVERY_DEADLINE: Duration = Duration::from_secs(10);
+/// Bound for operations that must not hang while Redis is down.
+const FAIL_FAST_DEADLINE: Duration = Duration::from_secs(2);
+
+async fn wait_for_state(driver: &ResilientDriver, wanted: RedisState) {
+    let mut state = driver.watch_state();
+    timeout(RECOVERY_DEADLINE, state.wait_for(|state| *state == wanted))
+        .await
+        .unwrap_or_else(|_| panic!("Redis state did not become {wanted:?}"))
+        .expect("driver stopped");
+}
+
+async fn next_item<S, T>(stream: &mut S) -> T
+where
+    S: Stream<Item = T> + Unpin,
+{
+    timeout(RECOVERY_DEADLINE, stream.next())
+        .await
+        .expect("no message received in time")
+        .expect("stream ended")
+}
+
+async fn connected_driver(redis: &RedisServer) -> ResilientDriver {
+    let driver = ResilientDriver::connect(&redis.url()).expect("valid url");
+    wait_for_state(&driver, RedisState::Up).await;
+    driver
+}
+
+#[tokio::test]
+async fn delivers_channel_and_pattern_messages() {
+    let redis = RedisServer::running();
+    let driver = connected_driver(&redis).await;
+    let mut ingress = driver
+        .subscribe_stream(vec!["flask-socketio".into()], vec!["notify:*".into()])
+        .await
+        .unwrap();
+    let mut adapter_channel = driver.subscribe("herald-request#/#".into(), 16).await.unwrap();
+
+    driver.publish("flask-socketio".into(), b"a".to_vec()).await.unwrap();
+    driver.publish("notify:42".into(), b"b".to_vec()).await.unwrap();
+    driver.publish("herald-request#/#".into(), b"c".to_vec()).await.unwrap();
+
+    assert_eq!(
+        next_item(&mut ingress).await,
+        ("flask-socketio".to_string(), Bytes::from_static(b"a"))
+    );
+    assert_eq!(
+        next_item(&mut ingress).await,
+        ("notify:42".to_string(), Bytes::from_static(b"b"))
+    );
+    assert_eq!(
+        next_item(&mut adapter_channel).await,
+        ("herald-request#/#".to_string(), b"c".to_vec())
+    );
+    assert_eq!(driver.num_serv("herald-request#/#").await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn recovers_after_redis_is_killed_and_restarted() {
+    let mut redis = RedisServer::running();
+    let driver = connected_driver(&redis).await;
+    let mut before_outage = driver
+        .subscribe_stream(vec!["before".into()], vec!["pattern:*".into()])
+        .await
+        .unwrap();
+
+    redis.kill();
+    wait_for_state(&driver, RedisState::Down).await;
+    let publish_while_down = timeout(
+        FAIL_FAST_DEADLINE,
+        driver.publish("before".into(), b"lost".to_vec()),
+    )
+    .await
+    .expect("publish hung while Redis is down");
+    assert!(matches!(publish_while_down, Err(DriverError::Unavailable)));
+    let mut during_outage = timeout(
+        FAIL_FAST_DEADLINE,
+        driver.subscribe_stream(vec!["during".into()], Vec::new()),
+    )
+    .await
+    .expect("subscribe hung while Redis is down")
+    .unwrap();
+
+    redis.start();
+    wait_for_state(&driver, RedisState::Up).await;
+    driver.publish("before".into(), b"1".to_vec()).await.unwrap();
+    driver.publish("pattern:x".into(), b"2".to_vec()).await.unwrap();
+    driver.publish("during".into(), b"3".to_vec()).await.unwrap();
+
+    assert_eq!(next_item(&mut before_outage).await.1, Bytes::from_static(b"1"));
+    assert_eq!(next_item(&mut before_outage).await.1, Bytes::from_static(b"2"));
+    assert_eq!(next_item(&mut during_outage).await.1, Bytes::from_static(b"3"));
+    assert_eq!(driver.outages(), 1);
+}
+
+#[tokio::test]
+async fn recovers_after_pubsub_clients_are_killed() {
+    let redis = RedisServer::running();
+    let driver = connected_driver(&redis).await;
+    let mut adapter_channel = driver.subscribe("herald-request#/#".into(), 16).await.unwrap();
+    let mut state = driver.watch_state();
+
+    redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    // The connection is back once an outage was recorded and the state is Up again.
+    timeout(
+        RECOVERY_DEADLINE,
+        state.wait_for(|state| *state == RedisState::Up && driver.outages() == 1),
+    )
+    .await
+    .expect("driver did not reconnect")
+    .unwrap();
+
+    driver.publish("herald-request#/#".into(), b"after".to_vec()).await.unwrap();
+    assert_eq!(next_item(&mut adapter_channel).await.1, b"after".to_vec());
+}
+
+#[tokio::test]
+async fn starts_while_redis_is_down_and_connects_when_it_comes_up() {
+    let mut redis = RedisServer::stopped();
+    let driver = ResilientDriver::connect(&redis.url()).expect("valid url");
+    assert_eq!(driver.state(), RedisState::Down);
+    let mut adapter_channel = timeout(
+        FAIL_FAST_DEADLINE,
+        driver.subscribe("herald-request#/#".into(), 16),
+    )
+    .await
+    .expect("subscribe hung while Redis is down")
+    .unwrap();
+    let publish_while_down = timeout(
+        FAIL_FAST_DEADLINE,
+        driver.publish("herald-request#/#".into(), b"lost".to_vec()),
+    )
+    .await
+    .expect("publish hung while Redis is down");
+    assert!(publish_while_down.is_err());
+    assert!(timeout(FAIL_FAST_DEADLINE, driver.num_serv("herald-request#/#"))
+        .await
+        .expect("num_serv hung while Redis is down")
+        .is_err());
+
+    redis.start();
+    wait_for_state(&driver, RedisState::Up).await;
+    driver.publish("herald-request#/#".into(), b"up".to_vec()).await.unwrap();
+    assert_eq!(next_item(&mut adapter_channel).await.1, b"up".to_vec());
+    assert_eq!(driver.outages(), 0, "a startup failure is not an outage");
+}
+
+#[tokio::test]
+async fn shutdown_ends_subscriptions_and_refuses_new_ones() {
+    let redis = RedisServer::running();
+    let driver = connected_driver(&redis).await;
+    let mut subscription = driver
+        .subscribe_stream(vec!["channel".into()], Vec::new())
+        .await
+        .unwrap();
+
+    driver.shutdown();
+
+    assert!(timeout(RECOVERY_DEADLINE, subscription.next())
+        .await
+        .expect("subscription did not end")
+        .is_none());
+    assert_eq!(driver.state(), RedisState::Down);
+    assert!(matches!(
+        driver.subscribe_stream(vec!["channel".into()], Vec::new()).await,
+        Err(DriverError::ShutDown)
+    ));
+}
+
+/// A Socket.IO node in cluster mode, serving on a free local port.
+struct Node {
+    io: SocketIo<ResilientAdapter<Emitter>>,
+    port: u16,
+}
+
+impl Node {
+    async fn start(redis: &RedisServer) -> Self {
+        let driver = connected_driver(redis).await;
+        let (layer, io) = SocketIo::builder()
+            .with_adapter::<ResilientAdapter<_>>(cluster::adapter_state(driver))
+            .build_layer();
+        io.ns("/", join_room).await.expect("namespace init failed");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().layer(layer);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { io, port }
+    }
+}
+
+async fn join_room<A: Adapter>(socket: SocketRef<A>) {
+    socket.join("room").await.expect("join failed");
+}
+
+#[tokio::test]
+async fn broadcast_reaches_sockets_connected_to_another_node() {
+    let redis = RedisServer::running();
+    let node_a = Node::start(&redis).await;
+    let node_b = Node::start(&redis).await;
+
+    // A minimal Socket.IO v4 client over a raw WebSocket, connected to node A.
+    let url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+        node_a.port
+    );
+    let (mut client, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let open = next_item(&mut client).await.unwrap();
+    assert!(open.to_text().unwrap().starts_with('0'), "engine.io open: {open}");
+    client.send(Message::text("40")).await.unwrap();
+    let connected = next_item(&mut client).await.unwrap();
+    assert!(connected.to_text().unwrap().starts_with("40"), "socket.io connect: {connected}");
+
+    // Node B sees the socket on node A, and its broadcast reaches it.
+    assert_eq!(node_b.io.to("room").fetch_sockets().await.unwrap().len(), 1);
+    node_b.io.to("room").emit("hello", "world").await.unwrap();
+    let event = next_item(&mut client).await.unwrap();
+    assert_eq!(event.to_text().unwrap(), r#"42["hello","world"]"#);
+}
