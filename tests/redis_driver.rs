@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::io;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -113,6 +115,58 @@ async fn recovers_after_redis_is_killed_and_restarted() {
     assert_eq!(next_item(&mut before_outage).await.1, Bytes::from_static(b"2"));
     assert_eq!(next_item(&mut during_outage).await.1, Bytes::from_static(b"3"));
     assert_eq!(driver.outages(), 1);
+}
+
+/// Log lines written by `tracing` on the test's thread (the default tokio test runtime runs the
+/// driver's background task on that same thread).
+#[derive(Clone, Default)]
+struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for CapturedLogs {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLogs {
+    fn lines_with(&self, level: &str, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|line| line.contains(level) && line.contains(text))
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn logs_each_outage_once_however_many_reconnection_attempts_fail() {
+    let logs = CapturedLogs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let mut redis = RedisServer::running();
+    let driver = connected_driver(&redis).await;
+
+    redis.kill();
+    wait_for_state(&driver, RedisState::Down).await;
+    // Several reconnection attempts fail meanwhile (backoff starts at 100ms).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..20 {
+        let _ = driver.publish("channel".into(), b"lost".to_vec()).await;
+    }
+    redis.start();
+    wait_for_state(&driver, RedisState::Up).await;
+
+    assert_eq!(logs.lines_with("WARN", "Redis"), 1);
+    assert_eq!(logs.lines_with("WARN", "connection lost"), 1);
+    assert_eq!(logs.lines_with("INFO", "connection established"), 2);
 }
 
 #[tokio::test]
