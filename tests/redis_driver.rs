@@ -80,6 +80,23 @@ async fn delivers_channel_and_pattern_messages() {
 }
 
 #[tokio::test]
+async fn health_checks_keep_an_idle_subscription_up() {
+    let redis = RedisServer::running();
+    let driver = connected_driver(&redis).await;
+    let mut subscription = driver
+        .subscribe_stream(vec!["channel".into()], vec!["pattern:*".into()])
+        .await
+        .unwrap();
+
+    // Longer than the health check interval (5s): at least one PING on the subscribed connection.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+
+    assert_eq!(driver.outages(), 0);
+    driver.publish("channel".into(), b"still here".to_vec()).await.unwrap();
+    assert_eq!(next_item(&mut subscription).await.1, Bytes::from_static(b"still here"));
+}
+
+#[tokio::test]
 async fn recovers_after_redis_is_killed_and_restarted() {
     let mut redis = RedisServer::running();
     let driver = connected_driver(&redis).await;
@@ -188,6 +205,39 @@ async fn recovers_after_pubsub_clients_are_killed() {
 
     driver.publish("herald-request#/#".into(), b"after".to_vec()).await.unwrap();
     assert_eq!(next_item(&mut adapter_channel).await.1, b"after".to_vec());
+}
+
+#[tokio::test]
+async fn notices_a_hung_redis_and_recovers_when_it_answers_again() {
+    let redis = RedisServer::running();
+    let driver = connected_driver(&redis).await;
+    let mut subscription = driver
+        .subscribe_stream(vec!["channel".into()], Vec::new())
+        .await
+        .unwrap();
+
+    redis.freeze();
+    let publish_to_hung_redis = timeout(
+        FAIL_FAST_DEADLINE,
+        driver.publish("channel".into(), b"late".to_vec()),
+    )
+    .await
+    .expect("publish hung while Redis is hung");
+    assert!(publish_to_hung_redis.is_err());
+    // Noticed by the periodic health check of the pub/sub connection.
+    wait_for_state(&driver, RedisState::Down).await;
+
+    redis.thaw();
+    wait_for_state(&driver, RedisState::Up).await;
+    driver.publish("channel".into(), b"after".to_vec()).await.unwrap();
+    // The timed-out publish may still have gone through once Redis resumed: pub/sub gives no
+    // guarantee either way, so only the latest message is checked.
+    let mut received = next_item(&mut subscription).await.1;
+    if received == Bytes::from_static(b"late") {
+        received = next_item(&mut subscription).await.1;
+    }
+    assert_eq!(received, Bytes::from_static(b"after"));
+    assert_eq!(driver.outages(), 1);
 }
 
 #[tokio::test]

@@ -58,10 +58,30 @@ impl RedisServer {
     /// `kill -9`: no shutdown, clients just see their connections drop.
     pub fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
-            // `Child::kill` sends SIGKILL on Unix.
+            // `Child::kill` sends SIGKILL on Unix, which also ends a frozen process.
             process.kill().expect("cannot kill redis-server");
             process.wait().expect("cannot reap redis-server");
         }
+    }
+
+    /// `kill -STOP`: the server stops answering but its connections stay open, like a hung
+    /// server or a network partition.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// `kill -CONT`: undoes [`RedisServer::freeze`].
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let process = self.process.as_ref().expect("redis-server is not running");
+        let status = Command::new("kill")
+            .args([signal, &process.id().to_string()])
+            .status()
+            .expect("cannot run kill");
+        assert!(status.success(), "kill {signal} failed");
     }
 
     /// Runs a command with a fresh connection, e.g. `["CLIENT", "KILL", "TYPE", "pubsub"]`.
