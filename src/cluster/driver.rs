@@ -386,7 +386,10 @@ impl Registry {
                 .items
                 .try_send((channel.to_owned(), payload.to_vec()))
             {
-                tracing::warn!(channel, "subscriber is not keeping up; Redis message dropped");
+                tracing::warn!(
+                    channel,
+                    "subscriber is not keeping up; Redis message dropped"
+                );
             }
         }
     }
@@ -473,8 +476,7 @@ enum SessionEnd {
 }
 
 impl Session {
-    /// Connects, subscribes to what the registry wants, and checks that publishing works too
-    /// (after a Redis restart the publishing connection is stale until its first failure).
+    /// Connects, subscribes to what the registry wants, and checks that publishing works too.
     async fn open(client: &redis::Client, shared: &Shared) -> Result<Self, DriverError> {
         let pubsub = bounded(CONNECT_TIMEOUT, client.get_async_pubsub()).await?;
         let (sink, messages) = pubsub.split();
@@ -484,12 +486,11 @@ impl Session {
             subscribed: Wanted::default(),
         };
         session.sync(shared).await?;
-        let mut publisher = shared.publisher.clone();
-        bounded(
-            PUBLISH_TIMEOUT,
-            redis::cmd("PING").query_async::<()>(&mut publisher),
-        )
-        .await?;
+        // The first request on a stale publishing connection fails and makes the
+        // ConnectionManager reconnect; the second one then runs on the new connection.
+        if ping_publisher(shared).await.is_err() {
+            ping_publisher(shared).await?;
+        }
         Ok(session)
     }
 
@@ -557,6 +558,15 @@ impl Session {
         self.subscribed = wanted;
         Ok(())
     }
+}
+
+async fn ping_publisher(shared: &Shared) -> Result<(), DriverError> {
+    let mut publisher = shared.publisher.clone();
+    bounded(
+        PUBLISH_TIMEOUT,
+        redis::cmd("PING").query_async::<()>(&mut publisher),
+    )
+    .await
 }
 
 fn missing_from(from: &BTreeSet<String>, other: &BTreeSet<String>) -> Vec<String> {

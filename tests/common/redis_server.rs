@@ -87,7 +87,9 @@ impl RedisServer {
     /// Runs a command with a fresh connection, e.g. `["CLIENT", "KILL", "TYPE", "pubsub"]`.
     pub fn command(&self, args: &[&str]) -> redis::Value {
         let client = redis::Client::open(self.url()).expect("valid url");
-        let mut connection = client.get_connection().expect("redis-server is not running");
+        let mut connection = client
+            .get_connection()
+            .expect("redis-server is not running");
         redis::cmd(args[0])
             .arg(&args[1..])
             .query(&mut connection)
