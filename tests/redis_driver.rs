@@ -439,6 +439,29 @@ async fn join_room<A: Adapter>(socket: SocketRef<A>) {
 }
 
 #[tokio::test]
+async fn adapter_starts_without_redis_and_local_emits_remain_possible() {
+    let mut redis = RedisServer::stopped();
+    let driver = ResilientDriver::connect(&redis.url()).unwrap();
+    let (_layer, io) = SocketIo::builder()
+        .with_adapter::<ResilientAdapter<_>>(cluster::adapter_state(driver.clone()))
+        .build_layer();
+
+    timeout(FAIL_FAST_DEADLINE, io.ns("/", join_room))
+        .await
+        .expect("namespace init waited for Redis")
+        .expect("namespace init failed");
+    let cluster_emit = timeout(FAIL_FAST_DEADLINE, io.to("room").emit("event", "data"))
+        .await
+        .expect("cluster emit hung while Redis is down");
+    assert!(cluster_emit.is_err());
+    io.local().to("room").emit("event", "data").await.unwrap();
+
+    redis.start();
+    wait_for_state(&driver, RedisState::Up).await;
+    io.to("room").emit("event", "data").await.unwrap();
+}
+
+#[tokio::test]
 async fn broadcast_reaches_sockets_connected_to_another_node() {
     let redis = RedisServer::running();
     let node_a = Node::start(&redis).await;
