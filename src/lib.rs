@@ -3,6 +3,7 @@
 //! map of modules and the path a notification takes.
 
 pub mod auth;
+pub mod cluster;
 pub mod configuration;
 pub mod delivery;
 pub mod limits;

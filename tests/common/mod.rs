@@ -3,6 +3,8 @@
 //! frame, so tests can also send what a well-behaved client never would.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod redis_server;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;

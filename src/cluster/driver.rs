@@ -1,0 +1,585 @@
+//! A socketioxide-redis [`Driver`] that survives Redis restarts.
+//!
+//! The driver bundled with socketioxide-redis subscribes once on a single connection and never
+//! reconnects: after a Redis restart (or `CLIENT KILL TYPE pubsub`) the node silently stops
+//! receiving cross-node traffic, and while Redis is down publishing errors out, which makes
+//! the adapter skip even the local part of a broadcast. This driver fixes both:
+//!
+//! * Publishing goes through a redis-rs [`ConnectionManager`] (which reconnects on its own) and
+//!   fails fast while Redis is down, so the caller can fall back to a local emit.
+//! * Subscribing goes through one dedicated pub/sub connection owned by a background task. The
+//!   task keeps the wanted channels and patterns in a registry, and (re)applies them every time
+//!   it (re)connects, with exponential backoff between attempts. A subscription made while
+//!   Redis is down is recorded and takes effect once Redis is back.
+//! * Reachability is tracked in one place ([`RedisState`], [`ResilientDriver::outages`]) and
+//!   logged once per outage.
+//!
+//! The same subscriber also serves Herald's own channels (the Redis ingress) through
+//! [`ResilientDriver::subscribe_stream`], so every Redis subscription in the process shares
+//! the same reconnect logic.
+//!
+//! The pub/sub connection is a plain (RESP2-compatible) redis-rs [`PubSub`](redis::aio::PubSub)
+//! connection, so no `?protocol=resp3` is needed on the URL.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::{AsyncCommands, Msg, RedisResult};
+use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{timeout, Instant};
+
+use super::redis_state::{Reachability, RedisState};
+
+/// Upper bound for a publish (or `PUBSUB NUMSUB`) while Redis is believed to be up. Past it the
+/// caller gets an error and is expected to deliver locally.
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(500);
+/// Upper bound for opening the pub/sub connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Upper bound for a command on the pub/sub connection (SUBSCRIBE, PING...).
+const SUBSCRIBER_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the idle pub/sub connection is pinged, to notice half-open TCP connections.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How long `subscribe` waits for Redis to confirm a new subscription while Redis is up.
+const SUBSCRIBE_CONFIRMATION_WAIT: Duration = Duration::from_secs(2);
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Buffer of each [`Subscription`]; messages beyond it are dropped with a warning rather than
+/// stalling every other subscriber.
+const SUBSCRIPTION_BUFFER: usize = 1024;
+
+/// Why a driver operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Redis is currently unreachable; the driver is reconnecting in the background.
+    #[error("Redis is unreachable")]
+    Unavailable,
+    /// Redis did not answer in time.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis closed the pub/sub connection (restart, `CLIENT KILL`...).
+    #[error("Redis closed the pub/sub connection")]
+    ConnectionClosed,
+    /// The driver was shut down; it no longer talks to Redis.
+    #[error("the Redis driver has been shut down")]
+    ShutDown,
+    /// Any other Redis error, including an invalid URL.
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Cluster driver for socketioxide-redis that reconnects and resubscribes on its own.
+///
+/// Clones share the same connections and background task. The task stops when the last clone
+/// is dropped or when [`ResilientDriver::shutdown`] is called; subscription streams end then.
+/// Use one driver per [`SocketIo`](socketioxide::SocketIo) instance: like the bundled driver,
+/// it keeps a single adapter subscription per channel.
+#[derive(Clone)]
+pub struct ResilientDriver {
+    shared: Arc<Shared>,
+    lifetime: Arc<Lifetime>,
+}
+
+/// Dropping the last `Lifetime` closes the stop channel, which stops the background task.
+struct Lifetime {
+    stop: watch::Sender<bool>,
+}
+
+/// State shared by the driver handles, the background task and the subscription streams.
+struct Shared {
+    /// `host:port` of the server, for logs (the URL may carry a password).
+    redis_addr: String,
+    publisher: ConnectionManager,
+    reachability: Reachability,
+    registry: Mutex<Registry>,
+    /// Asks the background task to bring the Redis subscriptions in line with the registry.
+    resync_requests: mpsc::UnboundedSender<ResyncRequest>,
+}
+
+struct ResyncRequest {
+    applied: Option<oneshot::Sender<()>>,
+}
+
+impl ResilientDriver {
+    /// Creates the driver and starts connecting in the background. Never waits for Redis:
+    /// if it is unreachable, the driver starts [`RedisState::Down`] and keeps retrying.
+    ///
+    /// Fails only if `url` is not a valid Redis URL. Must be called within a Tokio runtime.
+    pub fn connect(url: &str) -> Result<Self, DriverError> {
+        let client = redis::Client::open(url)?;
+        let publisher_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(RECONNECT_BACKOFF_MAX);
+        let publisher = ConnectionManager::new_lazy_with_config(client.clone(), publisher_config)?;
+        let (resync_requests, resync_receiver) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            redis_addr: client.get_connection_info().addr().to_string(),
+            publisher,
+            reachability: Reachability::new(),
+            registry: Mutex::new(Registry::default()),
+            resync_requests,
+        });
+        let (stop, stop_receiver) = watch::channel(false);
+        tokio::spawn(maintain_subscriptions(
+            shared.clone(),
+            client,
+            resync_receiver,
+            stop_receiver,
+        ));
+        Ok(Self {
+            shared,
+            lifetime: Arc::new(Lifetime { stop }),
+        })
+    }
+
+    /// Current Redis reachability. Cheap: reads a watch channel.
+    pub fn state(&self) -> RedisState {
+        self.shared.reachability.current()
+    }
+
+    /// Follows Redis reachability changes.
+    pub fn watch_state(&self) -> watch::Receiver<RedisState> {
+        self.shared.reachability.watch()
+    }
+
+    /// Number of times an established Redis connection was lost since the driver started.
+    pub fn outages(&self) -> u64 {
+        self.shared.reachability.outages()
+    }
+
+    /// Subscribes to `channels` and `patterns` (`PSUBSCRIBE`), for as long as the returned
+    /// stream lives, across Redis restarts. Items are `(channel, payload)`; for a pattern
+    /// match, `channel` is the concrete channel the message was published on.
+    ///
+    /// While Redis is up, returns once Redis confirmed the subscription (or after a couple of
+    /// seconds at most); while it is down, returns at once and the subscription takes effect on
+    /// reconnection. Messages published while Redis is down are lost (pub/sub has no replay).
+    /// Fails only after [`ResilientDriver::shutdown`].
+    pub async fn subscribe_stream(
+        &self,
+        channels: Vec<String>,
+        patterns: Vec<String>,
+    ) -> Result<Subscription, DriverError> {
+        let (id, items) = self
+            .shared
+            .registry()
+            .add(channels, patterns, SUBSCRIPTION_BUFFER)?;
+        self.apply_subscription_changes().await;
+        Ok(Subscription {
+            id,
+            items,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Stops the background task now, instead of when the last clone is dropped. Subscription
+    /// streams end and later operations fail with [`DriverError::ShutDown`] or
+    /// [`DriverError::Unavailable`].
+    pub fn shutdown(&self) {
+        self.lifetime.stop.send_replace(true);
+    }
+
+    /// Lets the background task apply registry changes, waiting for Redis to confirm them
+    /// only if Redis is up (otherwise they are applied on reconnection).
+    async fn apply_subscription_changes(&self) {
+        let (applied, confirmation) = oneshot::channel();
+        if !self.shared.request_resync(Some(applied)) {
+            return;
+        }
+        if self.state() == RedisState::Up {
+            // Not confirmed in time means the connection is being lost: the subscription is
+            // recorded and will be applied on reconnection.
+            let _ = timeout(SUBSCRIBE_CONFIRMATION_WAIT, confirmation).await;
+        }
+    }
+
+    /// The publishing connection, or an immediate error while Redis is known to be down (the
+    /// caller then delivers locally instead of waiting for a timeout).
+    fn publisher(&self) -> Result<ConnectionManager, DriverError> {
+        match self.state() {
+            RedisState::Up => Ok(self.shared.publisher.clone()),
+            RedisState::Down => Err(DriverError::Unavailable),
+        }
+    }
+}
+
+impl Driver for ResilientDriver {
+    type Error = DriverError;
+
+    async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
+        let mut publisher = self.publisher()?;
+        bounded(PUBLISH_TIMEOUT, publisher.publish::<_, _, ()>(chan, val)).await
+    }
+
+    async fn subscribe(
+        &self,
+        chan: String,
+        size: usize,
+    ) -> Result<MessageStream<ChanItem>, Self::Error> {
+        let items = self.shared.registry().add_adapter_channel(chan, size)?;
+        self.apply_subscription_changes().await;
+        Ok(MessageStream::new(items))
+    }
+
+    async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
+        self.shared.registry().remove_adapter_channel(&chan);
+        self.apply_subscription_changes().await;
+        Ok(())
+    }
+
+    async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
+        let mut publisher = self.publisher()?;
+        let numsub = redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).clone();
+        let (_, count): (String, u16) =
+            bounded(PUBLISH_TIMEOUT, numsub.query_async(&mut publisher)).await?;
+        Ok(count)
+    }
+}
+
+/// Messages from [`ResilientDriver::subscribe_stream`]: `(channel, payload)`.
+///
+/// Dropping it unsubscribes. It ends when the driver shuts down.
+pub struct Subscription {
+    id: SubscriberId,
+    items: mpsc::Receiver<ChanItem>,
+    shared: Arc<Shared>,
+}
+
+impl Stream for Subscription {
+    type Item = (String, Bytes);
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut()
+            .items
+            .poll_recv(cx)
+            .map(|item| item.map(|(channel, payload)| (channel, Bytes::from(payload))))
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.shared.registry().remove(self.id);
+        self.shared.request_resync(None);
+    }
+}
+
+impl Shared {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // The registry is never left half-updated, so a panic elsewhere doesn't invalidate it.
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Returns false if the background task is gone.
+    fn request_resync(&self, applied: Option<oneshot::Sender<()>>) -> bool {
+        self.resync_requests.send(ResyncRequest { applied }).is_ok()
+    }
+}
+
+type SubscriberId = u64;
+
+/// Who wants which channels and patterns. The Redis subscriptions are derived from it.
+#[derive(Default)]
+struct Registry {
+    next_id: SubscriberId,
+    subscribers: HashMap<SubscriberId, Subscriber>,
+    /// The subscriber created by [`Driver::subscribe`] for each adapter channel, so that
+    /// [`Driver::unsubscribe`] removes exactly that one.
+    adapter_channels: HashMap<String, SubscriberId>,
+    stopped: bool,
+}
+
+struct Subscriber {
+    channels: Vec<String>,
+    patterns: Vec<String>,
+    items: mpsc::Sender<ChanItem>,
+}
+
+/// The channels and patterns the pub/sub connection should be subscribed to.
+#[derive(Default, PartialEq, Eq)]
+struct Wanted {
+    channels: BTreeSet<String>,
+    patterns: BTreeSet<String>,
+}
+
+impl Registry {
+    fn add(
+        &mut self,
+        channels: Vec<String>,
+        patterns: Vec<String>,
+        buffer: usize,
+    ) -> Result<(SubscriberId, mpsc::Receiver<ChanItem>), DriverError> {
+        if self.stopped {
+            return Err(DriverError::ShutDown);
+        }
+        let (items, receiver) = mpsc::channel(buffer);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.subscribers.insert(
+            id,
+            Subscriber {
+                channels,
+                patterns,
+                items,
+            },
+        );
+        Ok((id, receiver))
+    }
+
+    /// Like the bundled driver, a new adapter subscription to a channel replaces the previous one.
+    fn add_adapter_channel(
+        &mut self,
+        channel: String,
+        buffer: usize,
+    ) -> Result<mpsc::Receiver<ChanItem>, DriverError> {
+        let (id, items) = self.add(vec![channel.clone()], Vec::new(), buffer)?;
+        if let Some(replaced) = self.adapter_channels.insert(channel, id) {
+            self.subscribers.remove(&replaced);
+        }
+        Ok(items)
+    }
+
+    fn remove_adapter_channel(&mut self, channel: &str) {
+        if let Some(id) = self.adapter_channels.remove(channel) {
+            self.subscribers.remove(&id);
+        }
+    }
+
+    fn remove(&mut self, id: SubscriberId) {
+        self.subscribers.remove(&id);
+    }
+
+    /// Forgets subscribers whose stream was dropped, then returns what the rest want.
+    fn wanted(&mut self) -> Wanted {
+        self.subscribers
+            .retain(|_, subscriber| !subscriber.items.is_closed());
+        self.adapter_channels
+            .retain(|_, id| self.subscribers.contains_key(id));
+        let mut wanted = Wanted::default();
+        for subscriber in self.subscribers.values() {
+            wanted.channels.extend(subscriber.channels.iter().cloned());
+            wanted.patterns.extend(subscriber.patterns.iter().cloned());
+        }
+        wanted
+    }
+
+    fn dispatch(&self, message: &Msg) {
+        let channel = message.get_channel_name();
+        let pattern: Option<String> = message.get_pattern().ok().flatten();
+        let payload = message.get_payload_bytes();
+        for subscriber in self.subscribers.values() {
+            let interested = match &pattern {
+                Some(pattern) => subscriber.patterns.contains(pattern),
+                None => subscriber.channels.iter().any(|wanted| wanted == channel),
+            };
+            if !interested {
+                continue;
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber
+                .items
+                .try_send((channel.to_owned(), payload.to_vec()))
+            {
+                tracing::warn!(
+                    channel,
+                    "subscriber is not keeping up; Redis message dropped"
+                );
+            }
+        }
+    }
+
+    /// Ends every subscription stream and refuses new ones.
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.subscribers.clear();
+        self.adapter_channels.clear();
+    }
+}
+
+/// The background task: connects, subscribes to what the registry wants, dispatches messages,
+/// and starts over with backoff whenever the connection is lost, until asked to stop.
+async fn maintain_subscriptions(
+    shared: Arc<Shared>,
+    client: redis::Client,
+    mut resync_requests: mpsc::UnboundedReceiver<ResyncRequest>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = RECONNECT_BACKOFF_MIN;
+    'reconnect: loop {
+        let opened = tokio::select! {
+            () = stop_requested(&mut stop) => break 'reconnect,
+            opened = Session::open(&client, &shared) => opened,
+        };
+        let cause = match opened {
+            Ok(mut session) => {
+                backoff = RECONNECT_BACKOFF_MIN;
+                shared.reachability.mark_up(&shared.redis_addr);
+                match session
+                    .serve(&shared, &mut resync_requests, &mut stop)
+                    .await
+                {
+                    SessionEnd::Stopped => break 'reconnect,
+                    SessionEnd::Lost(cause) => cause,
+                }
+            }
+            Err(cause) => cause,
+        };
+        shared.reachability.mark_down(&shared.redis_addr, &cause);
+
+        // Subscription changes made until the next attempt are applied when it succeeds;
+        // acknowledge them now so that nobody waits for Redis.
+        let retry_at = Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                () = stop_requested(&mut stop) => break 'reconnect,
+                () = tokio::time::sleep_until(retry_at) => break,
+                Some(request) = resync_requests.recv() => request.acknowledge(),
+            }
+        }
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX);
+    }
+    shared.registry().stop();
+    shared.reachability.mark_stopped();
+}
+
+/// Resolves when a stop is requested or every driver handle is gone.
+async fn stop_requested(stop: &mut watch::Receiver<bool>) {
+    // An error means the sender (every driver handle) was dropped: stop as well.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+impl ResyncRequest {
+    fn acknowledge(self) {
+        if let Some(applied) = self.applied {
+            let _ = applied.send(());
+        }
+    }
+}
+
+/// One pub/sub connection, from connect to loss.
+struct Session {
+    sink: PubSubSink,
+    messages: PubSubStream,
+    /// What this connection is subscribed to.
+    subscribed: Wanted,
+}
+
+enum SessionEnd {
+    Stopped,
+    Lost(DriverError),
+}
+
+impl Session {
+    /// Connects, subscribes to what the registry wants, and checks that publishing works too.
+    async fn open(client: &redis::Client, shared: &Shared) -> Result<Self, DriverError> {
+        let pubsub = bounded(CONNECT_TIMEOUT, client.get_async_pubsub()).await?;
+        let (sink, messages) = pubsub.split();
+        let mut session = Self {
+            sink,
+            messages,
+            subscribed: Wanted::default(),
+        };
+        session.sync(shared).await?;
+        // The first request on a stale publishing connection fails and makes the
+        // ConnectionManager reconnect; the second one then runs on the new connection.
+        if ping_publisher(shared).await.is_err() {
+            ping_publisher(shared).await?;
+        }
+        Ok(session)
+    }
+
+    async fn serve(
+        &mut self,
+        shared: &Shared,
+        resync_requests: &mut mpsc::UnboundedReceiver<ResyncRequest>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let mut health_check = tokio::time::interval_at(
+            Instant::now() + HEALTH_CHECK_INTERVAL,
+            HEALTH_CHECK_INTERVAL,
+        );
+        health_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let outcome = tokio::select! {
+                () = stop_requested(stop) => return SessionEnd::Stopped,
+                message = self.messages.next() => match message {
+                    Some(message) => {
+                        shared.registry().dispatch(&message);
+                        Ok(())
+                    }
+                    None => Err(DriverError::ConnectionClosed),
+                },
+                Some(request) = resync_requests.recv() => {
+                    let synced = self.sync(shared).await;
+                    request.acknowledge();
+                    synced
+                }
+                _ = health_check.tick() => {
+                    bounded(SUBSCRIBER_COMMAND_TIMEOUT, self.sink.ping::<redis::Value>())
+                        .await
+                        .map(drop)
+                }
+            };
+            if let Err(cause) = outcome {
+                return SessionEnd::Lost(cause);
+            }
+        }
+    }
+
+    /// Brings this connection's subscriptions in line with the registry.
+    async fn sync(&mut self, shared: &Shared) -> Result<(), DriverError> {
+        let wanted = shared.registry().wanted();
+        if wanted == self.subscribed {
+            return Ok(());
+        }
+        let subscribe = missing_from(&wanted.channels, &self.subscribed.channels);
+        let unsubscribe = missing_from(&self.subscribed.channels, &wanted.channels);
+        let psubscribe = missing_from(&wanted.patterns, &self.subscribed.patterns);
+        let punsubscribe = missing_from(&self.subscribed.patterns, &wanted.patterns);
+        let sink = &mut self.sink;
+        if !subscribe.is_empty() {
+            bounded(SUBSCRIBER_COMMAND_TIMEOUT, sink.subscribe(subscribe)).await?;
+        }
+        if !psubscribe.is_empty() {
+            bounded(SUBSCRIBER_COMMAND_TIMEOUT, sink.psubscribe(psubscribe)).await?;
+        }
+        if !unsubscribe.is_empty() {
+            bounded(SUBSCRIBER_COMMAND_TIMEOUT, sink.unsubscribe(unsubscribe)).await?;
+        }
+        if !punsubscribe.is_empty() {
+            bounded(SUBSCRIBER_COMMAND_TIMEOUT, sink.punsubscribe(punsubscribe)).await?;
+        }
+        self.subscribed = wanted;
+        Ok(())
+    }
+}
+
+async fn ping_publisher(shared: &Shared) -> Result<(), DriverError> {
+    let mut publisher = shared.publisher.clone();
+    bounded(
+        PUBLISH_TIMEOUT,
+        redis::cmd("PING").query_async::<()>(&mut publisher),
+    )
+    .await
+}
+
+fn missing_from(from: &BTreeSet<String>, other: &BTreeSet<String>) -> Vec<String> {
+    from.difference(other).cloned().collect()
+}
+
+/// Runs a Redis request with a deadline.
+async fn bounded<T>(
+    limit: Duration,
+    request: impl Future<Output = RedisResult<T>>,
+) -> Result<T, DriverError> {
+    match timeout(limit, request).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(DriverError::Timeout(limit)),
+    }
+}

@@ -1,0 +1,98 @@
+//! Redis reachability as seen by the cluster driver.
+//!
+//! Herald keeps serving its local sockets when Redis is gone; it only loses cross-node
+//! delivery. Callers therefore need a cheap, non-blocking answer to "is Redis usable right
+//! now?" (to fall back to local emits), and operators need one log line per outage rather
+//! than one per failed message. This module owns both: the current [`RedisState`], a watch
+//! channel to follow it, the outage counter, and the once-per-outage logging.
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::watch;
+
+/// Whether the cluster driver currently has a working Redis connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisState {
+    /// Subscriptions are live and publishing is expected to work.
+    Up,
+    /// Redis is unreachable (or not reached yet); the driver is reconnecting in the background.
+    Down,
+}
+
+/// Tracks [`RedisState`] transitions for the driver's background task.
+///
+/// Only the background task changes the state; everyone else reads it.
+#[derive(Debug)]
+pub(crate) struct Reachability {
+    state: watch::Sender<RedisState>,
+    outages: AtomicU64,
+    /// Set once the current period of unavailability has been logged, so that the retries that
+    /// follow stay quiet.
+    unavailability_logged: AtomicBool,
+}
+
+impl Reachability {
+    /// Starts `Down`: nothing is reachable until the first connection succeeds.
+    pub(crate) fn new() -> Self {
+        Self {
+            state: watch::Sender::new(RedisState::Down),
+            outages: AtomicU64::new(0),
+            unavailability_logged: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn current(&self) -> RedisState {
+        *self.state.borrow()
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<RedisState> {
+        self.state.subscribe()
+    }
+
+    /// Number of times an established connection was lost (startup failures are not outages).
+    pub(crate) fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+
+    /// Records that subscriptions are live again.
+    pub(crate) fn mark_up(&self, addr: &str) {
+        self.unavailability_logged.store(false, Ordering::Relaxed);
+        let previous = self.state.send_replace(RedisState::Up);
+        if previous == RedisState::Down {
+            tracing::info!(
+                redis = addr,
+                "Redis connection established; cross-node delivery active"
+            );
+        }
+    }
+
+    /// Records a lost connection or a failed connection attempt. Logs a warning only for the
+    /// first failure of each period of unavailability.
+    pub(crate) fn mark_down(&self, addr: &str, cause: &dyn Display) {
+        let previous = self.state.send_replace(RedisState::Down);
+        let already_logged = self.unavailability_logged.swap(true, Ordering::Relaxed);
+        if previous == RedisState::Up {
+            let outage = self.outages.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                redis = addr,
+                outage,
+                %cause,
+                "Redis connection lost; delivering locally only and reconnecting in the background"
+            );
+        } else if !already_logged {
+            tracing::warn!(
+                redis = addr,
+                %cause,
+                "Redis unreachable; delivering locally only and retrying in the background"
+            );
+        } else {
+            tracing::debug!(redis = addr, %cause, "Redis still unreachable");
+        }
+    }
+
+    /// Records that the driver stopped on purpose: `Down`, but neither an outage nor a warning.
+    pub(crate) fn mark_stopped(&self) {
+        self.state.send_replace(RedisState::Down);
+    }
+}
