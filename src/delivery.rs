@@ -95,6 +95,8 @@ pub trait Sockets: Send + Sync + 'static {
     fn local_users(&self) -> Vec<String>;
     /// Disconnects every socket of this instance (graceful shutdown).
     fn close(&self) -> BoxFuture<'_, ()>;
+    /// Sockets on every instance (asks the others through the adapter).
+    fn cluster_connections(&self) -> BoxFuture<'_, Result<usize, String>>;
 }
 
 impl<A: Adapter> Sockets for SocketIo<A> {
@@ -136,6 +138,16 @@ impl<A: Adapter> Sockets for SocketIo<A> {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(SocketIo::close(self))
+    }
+
+    fn cluster_connections(&self) -> BoxFuture<'_, Result<usize, String>> {
+        Box::pin(async move {
+            let mut total = 0;
+            for ns in self.nsps() {
+                total += ns.fetch_sockets().await.map_err(|e| e.to_string())?.len();
+            }
+            Ok(total)
+        })
     }
 }
 
@@ -367,6 +379,10 @@ impl Delivery {
 
     pub async fn close_all(&self) {
         self.inner.sockets.close().await
+    }
+
+    pub async fn cluster_connections(&self) -> Result<usize, String> {
+        self.inner.sockets.cluster_connections().await
     }
 }
 

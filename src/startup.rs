@@ -1,10 +1,11 @@
 //! Wiring: from [`Settings`] to a listening server, and its orderly shutdown.
 //!
 //! `Application::build` binds the listener (port 0 in tests picks a free port), builds the
-//! Socket.IO layer and the shared state, and mounts the routes. `run_until_stopped` serves until
-//! the given signal, then drains: `/ready` turns 503, new connections are refused, every socket is
-//! told the server is closing (an Engine.IO close), and the process has `server.shutdown_grace_secs`
-//! to finish in-flight requests.
+//! Socket.IO layer (the local adapter in the embedded default; socketioxide-redis over
+//! [`ResilientDriver`] when `redis.url` is set), the store, the shared state and the routes,
+//! and starts the background tasks. `run_until_stopped` serves until the given signal, then
+//! drains: `/ready` turns 503, new connections are refused, every socket is told the server is
+//! closing (an Engine.IO close), and the process has `server.shutdown_grace_secs` to finish.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,24 +15,33 @@ use std::time::Duration;
 use axum::http::{HeaderValue, Method};
 use axum::serve::ListenerExt;
 use axum::Router;
-use socketioxide::SocketIo;
+use socketioxide::adapter::Adapter;
+use socketioxide::layer::SocketIoLayer;
+use socketioxide::{SocketIo, SocketIoBuilder};
+use socketioxide_core::adapter::DefinedAdapter;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::auth::Verifier;
+use crate::cluster::driver::ResilientDriver;
+use crate::cluster::relay::{self, RedisRelay};
+use crate::cluster::{adapter_state, ResilientAdapter};
 use crate::configuration::Settings;
 use crate::delivery::{Delivery, PersistPolicy};
+use crate::metrics::Metrics;
+use crate::state::AppState;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::Store;
-use crate::metrics::Metrics;
-use crate::state::AppState;
 use crate::{routes, socket};
 
 pub struct Application {
     listener: TcpListener,
     router: Router,
     state: Arc<AppState>,
+    /// Background work that lives as long as the server (relay, seen marks, ...).
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Application {
@@ -43,25 +53,30 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", settings.server.host, settings.server.port))?;
 
         let sio = &settings.socketio;
-        let (socket_layer, io) = SocketIo::builder()
+        let builder = SocketIo::builder()
             .ping_interval(sio.ping_interval())
             .ping_timeout(sio.ping_timeout())
             .max_payload(sio.max_payload_bytes)
             .ws_max_message_size(sio.max_payload_bytes as usize)
             // Room for a full replay (plus its summary and the welcome) queued at once.
-            .max_buffer_size(settings.delivery.max_replay + 128)
-            .build_layer();
-
-        let metrics = Arc::new(Metrics::default());
-        let store = build_store(&settings)?;
-        let delivery = Delivery::new(Arc::new(io.clone()), store, PersistPolicy::new(&settings.delivery), metrics.clone());
-        let state = Arc::new(AppState::new(settings, verifier, delivery, metrics));
-        socket::register(&io, state.clone());
-
-        let router = routes::router(state.clone())
-            .layer(socket_layer)
-            .layer(cors_layer(&state.settings.server.cors_origins)?);
-        Ok(Application { listener, router, state })
+            .max_buffer_size(settings.delivery.max_replay + 128);
+        let redis = (!settings.redis.url.is_empty())
+            .then(|| ResilientDriver::connect(&settings.redis.url))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
+        let (router, state, mut tasks) = match &redis {
+            None => assemble(builder, settings, verifier, None)?,
+            Some(driver) => {
+                let builder = builder.with_adapter::<ResilientAdapter<_>>(adapter_state(driver.clone()));
+                assemble(builder, settings, verifier, Some(driver.clone()))?
+            }
+        };
+        if let Some(driver) = redis {
+            state.delivery.set_fanout(Arc::new(RedisRelay { driver: driver.clone() }));
+            tasks.push(tokio::spawn(relay::run(driver, state.delivery.clone())));
+        }
+        tasks.push(tokio::spawn(keep_seen_marks(state.clone())));
+        Ok(Application { listener, router, state, tasks })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -78,7 +93,7 @@ impl Application {
 
     /// Serves until `shutdown` completes, then drains within `server.shutdown_grace_secs`.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, router, state } = self;
+        let Application { listener, router, state, tasks } = self;
         tracing::info!(addr = %listener.local_addr()?, node_id = %state.node_id, "herald listening");
         let listener = listener.tap_io(|tcp| {
             if let Err(e) = tcp.set_nodelay(true) {
@@ -86,7 +101,6 @@ impl Application {
             }
         });
         let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
-        let seen_keeper = tokio::spawn(keep_seen_marks(state.clone()));
         let drain_state = state.clone();
         let drain = async move {
             shutdown.await;
@@ -102,14 +116,44 @@ impl Application {
             });
         let serve = tokio::spawn(async move { serve.await });
         drain.await;
-        match tokio::time::timeout(grace, serve).await {
-            Ok(result) => result??,
-            Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "grace period over: closing remaining connections"),
+        let result = match tokio::time::timeout(grace, serve).await {
+            Ok(result) => result.map_err(anyhow::Error::from).and_then(|r| r.map_err(anyhow::Error::from)),
+            Err(_) => {
+                tracing::warn!(grace_secs = grace.as_secs(), "grace period over: closing remaining connections");
+                Ok(())
+            }
+        };
+        for task in tasks {
+            task.abort();
         }
-        seen_keeper.abort();
+        if let Some(driver) = &state.redis {
+            driver.shutdown();
+        }
         tracing::info!("stopped");
-        Ok(())
+        result
     }
+}
+
+type Assembled = (Router, Arc<AppState>, Vec<JoinHandle<()>>);
+
+/// Everything that does not depend on which adapter carries emits between instances.
+fn assemble<A: Adapter + DefinedAdapter>(
+    builder: SocketIoBuilder<A>,
+    settings: Settings,
+    verifier: Verifier,
+    redis: Option<ResilientDriver>,
+) -> anyhow::Result<Assembled> {
+    let (socket_layer, io): (SocketIoLayer<A>, SocketIo<A>) = builder.build_layer();
+    let metrics = Arc::new(Metrics::default());
+    let store = build_store(&settings)?;
+    let delivery = Delivery::new(Arc::new(io.clone()), store, PersistPolicy::new(&settings.delivery), metrics.clone());
+    let state = Arc::new(AppState::new(settings, verifier, delivery, metrics, redis));
+    socket::register(&io, state.clone());
+    let router = routes::router(state.clone())
+        .layer(socket_layer)
+        .layer(cors_layer(&state.settings.server.cors_origins)?);
+    let tasks = vec![tokio::spawn(watch_redis(state.clone()))];
+    Ok((router, state, tasks))
 }
 
 fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
@@ -120,6 +164,20 @@ fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     } else {
         Arc::new(RedisStore::new(&settings.redis.url, delivery.stream_max_len, max_age)?)
     })
+}
+
+/// Notes the first time Redis is reached (`/ready` waits for it) and counts outages.
+async fn watch_redis(state: Arc<AppState>) {
+    let Some(driver) = state.redis.clone() else { return };
+    let mut states = driver.watch_state();
+    loop {
+        if *states.borrow_and_update() == crate::cluster::redis_state::RedisState::Up {
+            state.mark_redis_reached();
+        }
+        if states.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// How often the seen marks of connected users move forward.

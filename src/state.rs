@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::auth::Verifier;
+use crate::cluster::driver::ResilientDriver;
 use crate::configuration::Settings;
 use crate::delivery::Delivery;
 use crate::limits::{ConnectRate, ConnectionCounts};
@@ -23,11 +24,14 @@ pub struct AppState {
     pub connect_rate: ConnectRate,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub started_at: Instant,
+    /// The Redis connection of cluster mode (`None` in the embedded default).
+    pub redis: Option<ResilientDriver>,
+    redis_reached: AtomicBool,
     draining: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, verifier: Verifier, delivery: Delivery, metrics: Arc<Metrics>) -> AppState {
+    pub fn new(settings: Settings, verifier: Verifier, delivery: Delivery, metrics: Arc<Metrics>, redis: Option<ResilientDriver>) -> AppState {
         AppState {
             node_id: settings.server.node_id(),
             room_policy: RoomPolicy::new(&settings.rooms.joinable, settings.rooms.max_name_bytes),
@@ -39,6 +43,8 @@ impl AppState {
             delivery,
             metrics,
             started_at: Instant::now(),
+            redis,
+            redis_reached: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }
     }
@@ -50,5 +56,24 @@ impl AppState {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Ready to take traffic: not draining, and a configured Redis was reached at least once
+    /// (a later outage does not make the instance unready: it serves its own sockets).
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && (self.redis.is_none() || self.redis_reached.load(Ordering::Relaxed))
+    }
+
+    pub fn mark_redis_reached(&self) {
+        self.redis_reached.store(true, Ordering::Relaxed);
+    }
+
+    /// `up`, `down` or `disabled` (embedded default).
+    pub fn redis_status(&self) -> &'static str {
+        match self.redis.as_ref().map(|r| r.state()) {
+            None => "disabled",
+            Some(crate::cluster::redis_state::RedisState::Up) => "up",
+            Some(crate::cluster::redis_state::RedisState::Down) => "down",
+        }
     }
 }

@@ -35,6 +35,7 @@
 
 pub mod driver;
 pub mod redis_state;
+pub mod relay;
 
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 

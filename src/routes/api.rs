@@ -230,3 +230,13 @@ pub async fn mark_user_notifications_read(State(state): State<Arc<AppState>>, Pa
 fn store_down(e: crate::store::StoreError) -> ApiError {
     ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
 }
+
+/// `POST /api/v1/users/<id>/disconnect`: every socket of the user, on every instance and in
+/// every namespace (e.g. after a password change).
+pub async fn disconnect_user(State(state): State<Arc<AppState>>, Path(user): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    for namespace in &state.settings.socketio.namespaces {
+        let command = Command::Disconnect { target: Target::rooms(namespace, vec![user_room(&user)]) };
+        state.delivery.apply(command, Scope::Cluster, "http", None).await.map_err(unavailable)?;
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))))
+}

@@ -1,6 +1,7 @@
 //! Liveness, readiness and Prometheus metrics (SPEC §8).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -10,28 +11,55 @@ use serde_json::json;
 
 use crate::state::AppState;
 
+/// How long `/health` waits for the other instances' socket counts.
+const CLUSTER_COUNT_TIMEOUT: Duration = Duration::from_millis(1000);
+
 pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    Json(json!({
+    let mut body = json!({
         "status": "ok",
         "node_id": state.node_id,
-        "connections": state.delivery.local_connections(),
-        "redis": "disabled",
+        "connections": state.connections.total(),
+        "redis": state.redis_status(),
         "uptime_secs": state.started_at.elapsed().as_secs(),
-    }))
+    });
+    if state.redis.is_some() {
+        match tokio::time::timeout(CLUSTER_COUNT_TIMEOUT, state.delivery.cluster_connections()).await {
+            Ok(Ok(n)) => body["cluster_connections"] = json!(n),
+            Ok(Err(e)) => {
+                body["cluster_connections"] = json!(null);
+                body["cluster_connections_error"] = json!(e);
+            }
+            Err(_) => {
+                body["cluster_connections"] = json!(null);
+                body["cluster_connections_error"] = json!(format!("no answer from every instance within {} ms", CLUSTER_COUNT_TIMEOUT.as_millis()));
+            }
+        }
+    }
+    Json(body)
 }
 
 pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
+    } else if !state.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "waiting for redis" })))
     } else {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     }
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let redis_up = match state.redis_status() {
+        "up" => 1.0,
+        "down" => 0.0,
+        _ => -1.0,
+    };
+    let outages = state.redis.as_ref().map_or(0, |r| r.outages()) as f64;
     let body = state.metrics.render(&[
-        ("herald_connections", "Sockets connected to this instance", state.delivery.local_connections() as f64),
+        ("herald_connections", "Sockets connected to this instance", state.connections.total() as f64),
         ("herald_uptime_seconds", "Seconds since this instance started", state.started_at.elapsed().as_secs_f64()),
+        ("herald_redis_up", "1 when Redis is reachable, 0 when not, -1 without Redis", redis_up),
+        ("herald_redis_outages", "Redis outages since start", outages),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -19,6 +19,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/emit", post(api::emit))
         .route("/api/v1/users/{user}/notifications", get(api::user_notifications))
         .route("/api/v1/users/{user}/notifications/read", post(api::mark_user_notifications_read))
+        .route("/api/v1/users/{user}/disconnect", post(api::disconnect_user))
         .layer(middleware::from_fn_with_state(state.clone(), api::require_api_key));
     Router::new()
         .route("/health", get(health::health))

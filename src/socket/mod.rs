@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
 use socketioxide::adapter::Adapter;
-use socketioxide_core::adapter::DefinedAdapter;
+use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
@@ -44,7 +44,8 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, state: Arc<AppSta
                 async move { authenticate(&state, &socket, auth.ok()) }
             }
         };
-        io.ns(namespace.clone(), on_connect.with(authenticate));
+        // With the Redis adapter this subscribes the namespace's channels in the background.
+        io.ns(namespace.clone(), on_connect.with(authenticate)).spawn();
     }
 }
 
