@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod configuration;
 pub mod delivery;
+pub mod ingress;
 pub mod metrics;
 pub mod notification;
 pub mod payload;
