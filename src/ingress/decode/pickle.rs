@@ -432,6 +432,8 @@ fn grow(container: &mut Item, items: &[Item]) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn check(bytes: &[u8]) -> Result<Pickle, DecodeError> {
@@ -519,6 +521,98 @@ mod tests {
         assert_eq!(reason(b"\x80\x04]\x94h\x00a."), "malformed");
         // A length prefix far beyond the payload.
         assert_eq!(reason(b"\x80\x04\x8e\xff\xff\xff\xff\xff\xff\xff\x7f."), "malformed");
+    }
+
+    /// Containers nested in a value, and the number of values in it once expanded.
+    fn depth_and_count(pickle: &Pickle) -> (usize, usize) {
+        fn hashable(key: &HashableValue) -> (usize, usize) {
+            match key {
+                HashableValue::Tuple(items) => nest(items.iter().map(hashable)),
+                HashableValue::FrozenSet(items) => nest(items.iter().map(hashable)),
+                _ => (0, 1),
+            }
+        }
+        fn nest(children: impl Iterator<Item = (usize, usize)>) -> (usize, usize) {
+            children.fold((1, 1), |(depth, count), (d, c)| (depth.max(d + 1), count + c))
+        }
+        match pickle {
+            Pickle::List(items) | Pickle::Tuple(items) => nest(items.iter().map(depth_and_count)),
+            Pickle::Set(items) | Pickle::FrozenSet(items) => nest(items.iter().map(hashable)),
+            Pickle::Dict(dict) => nest(dict.iter().flat_map(|(k, v)| [hashable(k), depth_and_count(v)])),
+            _ => (0, 1),
+        }
+    }
+
+    /// A pickle that serde-pickle can read, of lists, dicts, tuples and memo references chosen
+    /// by `choices`.
+    fn well_formed(choices: Vec<u8>) -> Vec<u8> {
+        #[derive(Clone, Copy, PartialEq)]
+        enum Kind {
+            List,
+            Dict,
+            Immutable,
+        }
+        let mut pickle = vec![PROTO, 4];
+        let mut stack: Vec<Kind> = vec![];
+        let mut memo: Vec<Kind> = vec![];
+        for choice in choices {
+            let from_top = |n: usize| stack.len().checked_sub(n + 1).map(|i| stack[i]);
+            match choice % 8 {
+                0 => {
+                    pickle.push(EMPTY_LIST);
+                    stack.push(Kind::List);
+                }
+                1 => {
+                    pickle.push(EMPTY_DICT);
+                    stack.push(Kind::Dict);
+                }
+                2 => {
+                    pickle.extend([BININT1, choice]);
+                    stack.push(Kind::Immutable);
+                }
+                3 if !stack.is_empty() => {
+                    pickle.push(MEMOIZE);
+                    memo.push(stack[stack.len() - 1]);
+                }
+                4 if !memo.is_empty() => {
+                    let slot = usize::from(choice) % memo.len();
+                    pickle.extend([BINGET, slot as u8]);
+                    stack.push(memo[slot]);
+                }
+                5 if from_top(1) == Some(Kind::List) => {
+                    pickle.push(APPEND);
+                    stack.pop();
+                }
+                6 if from_top(2) == Some(Kind::Dict) && from_top(1) == Some(Kind::Immutable) => {
+                    pickle.push(SETITEM);
+                    stack.truncate(stack.len() - 2);
+                }
+                7 if stack.len() >= 2 => {
+                    pickle.push(TUPLE2);
+                    stack.truncate(stack.len() - 2);
+                    stack.push(Kind::Immutable);
+                }
+                _ => {}
+            }
+        }
+        if stack.is_empty() {
+            pickle.push(NONE);
+        }
+        pickle.push(STOP);
+        pickle
+    }
+
+    proptest! {
+        /// What the check lets through stays within the limits once serde-pickle builds it.
+        #[test]
+        fn accepted_pickles_respect_the_limits(pickle in prop::collection::vec(any::<u8>(), 0..64).prop_map(well_formed)) {
+            let limits = Limits { max_bytes: 40, max_depth: 3 };
+            if let Ok(value) = parse(&pickle, &limits) {
+                let (depth, count) = depth_and_count(&value);
+                prop_assert!(depth <= limits.max_depth, "depth {depth} of {value:?}");
+                prop_assert!(count <= limits.max_bytes, "{count} values in {value:?}");
+            }
+        }
     }
 
     #[test]
