@@ -280,7 +280,8 @@ mod tests {
 
     #[test]
     fn keeps_key_order_and_reads_python_extensions() {
-        let value = parse_default(r#" {"z": NaN, "a": [Infinity, -Infinity, -0.5e1, 18446744073709551615, 1e400]} "#).unwrap();
+        let value =
+            parse_default(r#" {"z": NaN, "a": [Infinity, -Infinity, -0.5e1, 18446744073709551615, 1e400]} "#).unwrap();
         assert_eq!(
             format!("{value:?}"),
             "Object([(\"z\", Float(NaN)), (\"a\", Array([Float(inf), Float(-inf), Float(-5.0), UInt(18446744073709551615), Float(inf)]))])"
@@ -296,8 +297,22 @@ mod tests {
     #[test]
     fn refuses_what_is_not_json() {
         for bad in [
-            "", "[", "[1,]", "{\"a\"}", "{\"a\":1,}", "01", "1.", "-", "\"\n\"", "\"\\x\"", "\"\\u12\"", "nul", "[1] 2",
-            "{1:2}", "\"abc", "NaNa",
+            "",
+            "[",
+            "[1,]",
+            "{\"a\"}",
+            "{\"a\":1,}",
+            "01",
+            "1.",
+            "-",
+            "\"\n\"",
+            "\"\\x\"",
+            "\"\\u12\"",
+            "nul",
+            "[1] 2",
+            "{1:2}",
+            "\"abc",
+            "NaNa",
         ] {
             assert_eq!(parse_default(bad).unwrap_err().reason(), "malformed", "{bad:?}");
         }

@@ -110,6 +110,13 @@ fn nested(depth: usize, limits: &Limits) -> Result<usize, DecodeError> {
     Ok(depth + 1)
 }
 
+fn expect_object(value: &Value, name: &'static str) -> Result<(), DecodeError> {
+    match value {
+        Value::Object(_) => Ok(()),
+        _ => Err(wrong_type(name, "an object")),
+    }
+}
+
 /// A field of a message object; a missing field and `null` are both `None`.
 fn field<'a>(message: &'a Value, name: &str) -> Option<&'a Value> {
     message.get(name).filter(|value| **value != Value::Null)
@@ -155,10 +162,9 @@ fn string_list(message: &Value, name: &'static str) -> Result<Vec<String>, Decod
     match field(message, name) {
         None => Ok(vec![]),
         Some(Value::String(one)) => Ok(vec![one.clone()]),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|item| item.as_str().map(str::to_string).ok_or(wrong_type(name, expected)))
-            .collect(),
+        Some(Value::Array(items)) => {
+            items.iter().map(|item| item.as_str().map(str::to_string).ok_or(wrong_type(name, expected))).collect()
+        }
         Some(_) => Err(wrong_type(name, expected)),
     }
 }

@@ -4,18 +4,16 @@
 
 use crate::delivery::{Command, Target};
 use crate::notification::EVENT;
-use crate::payload::{Args, Value};
+use crate::payload::Args;
 
-use super::{check_size, json, malformed, wrong_type, DecodeError, Decoded, Limits};
+use super::{check_size, expect_object, json, malformed, DecodeError, Decoded, Limits};
 
 /// Decodes one message published on a `notify:*` channel.
 pub fn notify(channel: &str, payload: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
     check_size(payload, limits)?;
     let rooms = rooms(channel)?;
     let notification = json::parse(payload, limits)?;
-    if !matches!(notification, Value::Object(_)) {
-        return Err(wrong_type("payload", "a JSON object"));
-    }
+    expect_object(&notification, "payload")?;
     let target = Target::rooms("/", rooms);
     Ok(Decoded::Command(Command::Emit { target, event: EVENT.to_string(), args: Args::one(notification) }))
 }

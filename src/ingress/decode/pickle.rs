@@ -618,8 +618,18 @@ mod tests {
     #[test]
     fn refuses_broken_streams() {
         for bad in [
-            &b"\x80"[..], b"\x80\x04", b"\x80\x04N", b"\x80\x04N.N", b"\x80\x04.", b"\x80\x04a.", b"\x80\x04(\x85.",
-            b"\x80\x04h\x05.", b"\x80\x04N\x94q\x00.", b"\x80\x01N.", b"\x80\x04\x32.", b"\x80\x04e.",
+            &b"\x80"[..],
+            b"\x80\x04",
+            b"\x80\x04N",
+            b"\x80\x04N.N",
+            b"\x80\x04.",
+            b"\x80\x04a.",
+            b"\x80\x04(\x85.",
+            b"\x80\x04h\x05.",
+            b"\x80\x04N\x94q\x00.",
+            b"\x80\x01N.",
+            b"\x80\x04\x32.",
+            b"\x80\x04e.",
         ] {
             assert!(check(bad).is_err(), "{bad:?}");
         }

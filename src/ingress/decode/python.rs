@@ -24,8 +24,8 @@ use crate::delivery::{Command, Target};
 use crate::payload::{Args, Value};
 
 use super::{
-    check_size, field, integer, json, malformed, namespace, pickle, required_str, string_list, take_field, wrong_type, DecodeError,
-    Decoded, Limits,
+    check_size, expect_object, field, integer, json, malformed, namespace, pickle, required_str, string_list,
+    take_field, wrong_type, DecodeError, Decoded, Limits,
 };
 
 /// Decodes one message published by python-socketio (JSON or pickle, bare or in a kombu envelope).
@@ -48,9 +48,7 @@ fn decode(payload: &[u8], limits: &Limits, envelope: Envelope) -> Result<(Value,
         return from_pickle(payload, limits);
     }
     let message = json::parse(payload, limits)?;
-    if !matches!(message, Value::Object(_)) {
-        return Err(wrong_type("message", "an object"));
-    }
+    expect_object(&message, "message")?;
     if envelope == Envelope::Allowed {
         if let Some(body) = kombu_body(&message)? {
             return decode(&body, limits, Envelope::Inside);
@@ -141,7 +139,8 @@ fn fill_placeholders(value: Value, attachments: &[Bytes]) -> Result<Value, Decod
     match value {
         Value::Object(fields) if fields.iter().any(|(k, v)| k == "_placeholder" && *v == Value::Bool(true)) => {
             let placeholder = Value::Object(fields);
-            let num = field(&placeholder, "num").and_then(integer).ok_or(wrong_type("_placeholder.num", "an integer"))?;
+            let num =
+                field(&placeholder, "num").and_then(integer).ok_or(wrong_type("_placeholder.num", "an integer"))?;
             let attachment = usize::try_from(num).ok().and_then(|num| attachments.get(num));
             let attachment = attachment.ok_or_else(|| malformed("message", format_args!("no attachment {num}")))?;
             Ok(Value::Binary(attachment.clone()))
@@ -165,10 +164,17 @@ fn base64_decode(text: &str, what: &'static str) -> Result<Vec<u8>, DecodeError>
 
 fn command(message: &Value, args: Args) -> Result<Decoded, DecodeError> {
     let method = required_str(message, "method")?;
+    if method == "callback" {
+        return Ok(Decoded::Ignored("python-socketio callback (acks are not relayed)"));
+    }
     let namespace = namespace(message, "namespace")?;
     let command = match method {
         "emit" => Command::Emit {
-            target: Target { namespace, rooms: string_list(message, "room")?, except: string_list(message, "skip_sid")? },
+            target: Target {
+                namespace,
+                rooms: string_list(message, "room")?,
+                except: string_list(message, "skip_sid")?,
+            },
             event: required_str(message, "event")?.to_string(),
             args,
         },
@@ -179,7 +185,6 @@ fn command(message: &Value, args: Args) -> Result<Decoded, DecodeError> {
             Command::Leave { target: Target::rooms(&namespace, vec![room.clone()]), rooms: vec![room] }
         }
         "disconnect" => Command::Disconnect { target: sid_target(message, namespace)? },
-        "callback" => return Ok(Decoded::Ignored("python-socketio callback (acks are not relayed)")),
         other => return Err(DecodeError::UnknownMethod(other.to_string())),
     };
     Ok(Decoded::Command(command))
@@ -230,7 +235,10 @@ mod tests {
         ];
         if with_bytes {
             steps.push(emit("/", &[], &[], "bin", vec![binary(&[0, 1, 2, 255])]));
-            let file = Value::Object(vec![("name".into(), "a.bin".into()), ("blob".into(), binary(&[0xde, 0xad, 0xbe, 0xef]))]);
+            let file = Value::Object(vec![
+                ("name".into(), "a.bin".into()),
+                ("blob".into(), binary(&[0xde, 0xad, 0xbe, 0xef])),
+            ]);
             steps.push(emit("/", &["sid123"], &[], "file", vec![file]));
         }
         steps.extend([
@@ -299,7 +307,8 @@ mod tests {
 
     #[test]
     fn edge_values() {
-        let nan = Value::Object(vec![("nan".into(), Value::Float(f64::NAN)), ("inf".into(), Value::Float(f64::INFINITY))]);
+        let nan =
+            Value::Object(vec![("nan".into(), Value::Float(f64::NAN)), ("inf".into(), Value::Float(f64::INFINITY))]);
         let big_unicode = Value::Object(vec![
             ("big".into(), Value::Float(1_180_591_620_717_411_303_424.0)),
             ("uni".into(), "héllo ☃ 😀".into()),

@@ -60,11 +60,9 @@ pub fn sorted(value: Value) -> Value {
 pub fn assert_decoded(actual: Decoded, expected: &Decoded, context: &str) {
     fn normal(decoded: &Decoded) -> String {
         let decoded = match decoded.clone() {
-            Decoded::Command(Command::Emit { target, event, args }) => Decoded::Command(Command::Emit {
-                target,
-                event,
-                args: Args(args.0.into_iter().map(sorted).collect()),
-            }),
+            Decoded::Command(Command::Emit { target, event, args }) => {
+                Decoded::Command(Command::Emit { target, event, args: Args(args.0.into_iter().map(sorted).collect()) })
+            }
             other => other,
         };
         format!("{decoded:?}")
@@ -73,7 +71,11 @@ pub fn assert_decoded(actual: Decoded, expected: &Decoded, context: &str) {
 }
 
 pub fn emit(namespace: &str, rooms: &[&str], except: &[&str], event: &str, args: Vec<Value>) -> Decoded {
-    Decoded::Command(Command::Emit { target: target(namespace, rooms, except), event: event.to_string(), args: Args(args) })
+    Decoded::Command(Command::Emit {
+        target: target(namespace, rooms, except),
+        event: event.to_string(),
+        args: Args(args),
+    })
 }
 
 pub fn target(namespace: &str, rooms: &[&str], except: &[&str]) -> Target {
@@ -96,11 +98,7 @@ pub fn binary(bytes: &[u8]) -> Value {
 /// Valid `payloads` with a few bytes replaced, inserted or removed, and possibly truncated.
 pub fn mutations(payloads: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     let edit = (any::<prop::sample::Index>(), any::<u8>(), 0u8..3);
-    (
-        any::<prop::sample::Index>(),
-        prop::collection::vec(edit, 1..6),
-        prop::option::of(any::<prop::sample::Index>()),
-    )
+    (any::<prop::sample::Index>(), prop::collection::vec(edit, 1..6), prop::option::of(any::<prop::sample::Index>()))
         .prop_map(move |(which, edits, cut)| {
             let mut bytes = which.get(&payloads).clone();
             for (at, byte, kind) in edits {
