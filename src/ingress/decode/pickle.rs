@@ -2,11 +2,13 @@
 //!
 //! serde-pickle never executes code, but it is lenient in ways that do not suit a network input:
 //! it turns unknown classes (INST, OBJ, NEWOBJ, BUILD, `copyreg._reconstructor`) into stand-in
-//! values instead of failing, keeps `GLOBAL os.system` + REDUCE on its stack as an opaque value
-//! that a later POP silently discards, trusts length prefixes, and builds its value tree
-//! iteratively but converts and drops it recursively, so a deep pickle (or one that nests through
-//! memo references) overflows the stack, and one that references a memoized value many times can
-//! expand to gigabytes. So [`parse`] first walks the opcodes without building anything:
+//! values instead of failing, and keeps `GLOBAL os.system` + REDUCE on its stack as an opaque
+//! value that a later POP silently discards. Its costs also follow the input in ways an attacker
+//! can exploit: it builds its value tree iteratively but converts and drops it recursively, so a
+//! deep pickle (or one that nests through memo references) overflows the stack; a value
+//! referenced from the memo many times expands, and is copied each time REDUCE or a memo store
+//! resolves it; and every MARK reserves room for 128 values. So [`parse`] first walks the
+//! opcodes without building anything:
 //!
 //! - it accepts only the opcodes CPython's pickler writes for plain data in protocols 2–5;
 //! - it refuses every opcode that builds arbitrary objects, and every global except the two
@@ -16,7 +18,9 @@
 //!   refuses the pickle once either exceeds [`Limits`]. This is exact because it also refuses
 //!   what the pickler never writes and would make it inexact: changing a memoized container
 //!   after it has been fetched (that is how recursive structures are written), reusing a memo
-//!   slot, and DUP.
+//!   slot, and DUP;
+//! - it bounds the open MARKs by the depth limit and the sizes copied while parsing by the size
+//!   limit.
 //!
 //! Only then does serde-pickle build the value.
 
@@ -88,7 +92,7 @@ const BYTEARRAY8: u8 = 0x96;
 
 /// Decodes a pickle after checking it as described in the module documentation.
 pub(super) fn parse(bytes: &[u8], limits: &Limits) -> Result<Pickle, DecodeError> {
-    Check { bytes, pos: 0, stack: vec![], marks: vec![], memo: HashMap::new(), limits }.run()?;
+    Check { bytes, pos: 0, stack: vec![], marks: vec![], memo: HashMap::new(), copied: 0, limits }.run()?;
     serde_pickle::value_from_slice(bytes, DeOptions::new()).map_err(|e| malformed("pickle", e))
 }
 
@@ -169,6 +173,8 @@ struct Check<'a> {
     /// Stack heights at each open MARK.
     marks: Vec<usize>,
     memo: HashMap<u32, Slot>,
+    /// What serde-pickle copies out of its memo while parsing, in the units of [`Item::size`].
+    copied: usize,
     limits: &'a Limits,
 }
 
@@ -192,6 +198,9 @@ impl Check<'_> {
                         return Err(malformed("pickle", "bytes after STOP"));
                     }
                     return Ok(());
+                }
+                MARK if self.marks.len() >= self.limits.max_depth => {
+                    return Err(DecodeError::TooDeep { limit: self.limits.max_depth })
                 }
                 MARK => self.marks.push(self.stack.len()),
                 POP if self.stack.len() == self.base() => {
@@ -268,7 +277,10 @@ impl Check<'_> {
                 }
                 REDUCE => {
                     let arguments = self.pop()?;
-                    if !self.pop()?.callable {
+                    self.copy_if_reference(&arguments)?;
+                    let callable = self.pop()?;
+                    self.copy_if_reference(&callable)?;
+                    if !callable.callable {
                         return Err(malformed("pickle", "REDUCE of something not callable"));
                     }
                     self.push(Item { size: arguments.size, ..Item::default() })?;
@@ -373,10 +385,21 @@ impl Check<'_> {
         if self.memo.contains_key(&slot) {
             return Err(malformed("pickle", "memo slot reused"));
         }
-        let top = self.stack.last_mut().expect("checked above");
-        top.slot = Some(slot);
-        let item = Item { slot: None, ..top.clone() };
-        self.memo.insert(slot, Slot { item, fetched: false });
+        let top = self.stack.last().expect("checked above").clone();
+        self.copy_if_reference(&top)?;
+        self.stack.last_mut().expect("checked above").slot = Some(slot);
+        self.memo.insert(slot, Slot { item: Item { slot: None, ..top }, fetched: false });
+        Ok(())
+    }
+
+    /// serde-pickle copies the value of a memo reference when REDUCE or a memo store resolves it.
+    fn copy_if_reference(&mut self, item: &Item) -> Result<(), DecodeError> {
+        if item.slot.is_some() {
+            self.copied = self.copied.saturating_add(item.size);
+            if self.copied > self.limits.max_bytes {
+                return Err(DecodeError::TooLarge { size: self.copied, limit: self.limits.max_bytes });
+            }
+        }
         Ok(())
     }
 
@@ -517,6 +540,33 @@ mod tests {
         }
         laughs.push(b'.');
         assert_eq!(reason(&laughs), "too_large");
+        // Open MARKs, each of which serde-pickle would reserve room for 128 values for.
+        let marks = [&[0x80, 0x04][..], &vec![b'('; n], b"N."].concat();
+        assert_eq!(reason(&marks), "too_deep");
+        // A 300 kB bytes object copied by REDUCE again and again: bytearray(b) for b in [b] * k.
+        let copies = |k: usize| {
+            let mut pickle = b"\x80\x04\x8c\x08builtins\x94\x8c\tbytearray\x94\x93\x94B\xe0\x93\x04\x00".to_vec();
+            pickle.extend(vec![b'x'; 300_000]);
+            pickle.extend(b"\x85\x94");
+            pickle.extend(b"h\x02h\x03R0".repeat(k));
+            pickle.extend(b"N.");
+            pickle
+        };
+        assert!(check(&copies(3)).is_ok());
+        assert_eq!(reason(&copies(4)), "too_large");
+        // The same through memo stores.
+        let stores = |k: u8| {
+            let mut pickle = b"\x80\x04B\xe0\x93\x04\x00".to_vec();
+            pickle.extend(vec![b'x'; 300_000]);
+            pickle.push(0x94);
+            for slot in 1..=k {
+                pickle.extend([b'h', 0, b'q', slot, b'0']);
+            }
+            pickle.extend(b"N.");
+            pickle
+        };
+        assert!(check(&stores(3)).is_ok());
+        assert_eq!(reason(&stores(4)), "too_large");
         // A recursive list: l = []; l.append(l).
         assert_eq!(reason(b"\x80\x04]\x94h\x00a."), "malformed");
         // A length prefix far beyond the payload.
