@@ -243,6 +243,12 @@ mod tests {
         );
     }
 
+    #[test]
+    fn every_capture_is_a_test_vector() {
+        let tested = ["@socket.io/redis-emitter", "socket.io server"];
+        assert_eq!(all_samples().len(), tested.iter().map(|heading| section(FILE, heading).len()).sum::<usize>());
+    }
+
     fn reason(channel: &str, payload: &[u8]) -> &'static str {
         node(channel, payload, &Limits::default()).unwrap_err().reason()
     }

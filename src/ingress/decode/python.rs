@@ -325,6 +325,20 @@ mod tests {
         );
     }
 
+    #[test]
+    fn every_capture_is_a_test_vector() {
+        let tested = [
+            "python-socketio 5.18.1 + Flask",
+            "python-socketio 5.13.0",
+            "python-socketio 5.14.1",
+            "python-socketio 5.15.0",
+            "python-socketio 5.18.1 AsyncRedisManager",
+            "KombuManager",
+            "python-socketio 5.18.1 edge values",
+        ];
+        assert_eq!(all_payloads().len(), tested.iter().map(|heading| section(FILE, heading).len()).sum::<usize>());
+    }
+
     fn reason(payload: &str) -> &'static str {
         python(payload.as_bytes(), &Limits::default()).unwrap_err().reason()
     }
