@@ -401,5 +401,21 @@ mod tests {
         fn mutated_samples_never_panic(bytes in mutations(all_payloads())) {
             let _ = python(&bytes, &Limits::default());
         }
+
+        /// JSON samples with one field replaced by a value of another shape.
+        #[test]
+        fn samples_with_a_field_of_another_type_never_panic(
+            sample in prop::sample::select(all_payloads().into_iter().filter(|p| p.first() == Some(&b'{')).collect::<Vec<_>>()),
+            at in any::<prop::sample::Index>(),
+            replacement in prop::sample::select(vec![
+                "null", "true", "-1", "2.5", "\"s\"", "[]", "{}", "[null]", "[\"a\", 1]", "[[]]", "[{}]",
+                "{\"_placeholder\":true,\"num\":0}", "[{\"_placeholder\":true,\"num\":9},\"AA==\"]", "[\"!\"]",
+            ]),
+        ) {
+            let Value::Object(mut fields) = json(std::str::from_utf8(&sample).unwrap()) else { unreachable!("samples are objects") };
+            let field = at.index(fields.len());
+            fields[field].1 = json(replacement);
+            let _ = python(&serde_json::to_vec(&Value::Object(fields)).unwrap(), &Limits::default());
+        }
     }
 }
