@@ -29,6 +29,8 @@ use crate::cluster::relay::{self, RedisRelay};
 use crate::cluster::{adapter_state, ResilientAdapter};
 use crate::configuration::Settings;
 use crate::delivery::{Delivery, PersistPolicy};
+use crate::ingress::decode::Limits;
+use crate::ingress::listener;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use crate::store::memory::MemoryStore;
@@ -73,7 +75,10 @@ impl Application {
         };
         if let Some(driver) = redis {
             state.delivery.set_fanout(Arc::new(RedisRelay { driver: driver.clone() }));
-            tasks.push(tokio::spawn(relay::run(driver, state.delivery.clone())));
+            tasks.push(tokio::spawn(relay::run(driver.clone(), state.delivery.clone())));
+            let limits = Limits { max_bytes: state.settings.socketio.max_payload_bytes as usize, ..Limits::default() };
+            let channels = state.settings.redis.python_channels.clone();
+            tasks.push(tokio::spawn(listener::run(driver, state.delivery.clone(), channels, limits, state.ingress.clone())));
         }
         tasks.push(tokio::spawn(keep_seen_marks(state.clone())));
         Ok(Application { listener, router, state, tasks })

@@ -9,6 +9,7 @@ use crate::auth::Verifier;
 use crate::cluster::driver::ResilientDriver;
 use crate::configuration::Settings;
 use crate::delivery::Delivery;
+use crate::ingress::listener::IngressStatus;
 use crate::limits::{ConnectRate, ConnectionCounts};
 use crate::metrics::Metrics;
 use crate::rooms::RoomPolicy;
@@ -26,6 +27,7 @@ pub struct AppState {
     pub started_at: Instant,
     /// The Redis connection of cluster mode (`None` in the embedded default).
     pub redis: Option<ResilientDriver>,
+    pub ingress: Arc<IngressStatus>,
     redis_reached: AtomicBool,
     draining: AtomicBool,
 }
@@ -44,6 +46,7 @@ impl AppState {
             metrics,
             started_at: Instant::now(),
             redis,
+            ingress: Arc::default(),
             redis_reached: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }

@@ -1,4 +1,5 @@
-//! Redis ingress: how backends that were written for Flask-SocketIO, python-socketio or the Node
-//! `@socket.io/redis-emitter` reach Herald's sockets without being changed (SPEC §6).
+//! Redis ingress: decoders for each backend's wire format ([`decode`]) and the listener that
+//! feeds them into the delivery path ([`listener`]).
 
 pub mod decode;
+pub mod listener;

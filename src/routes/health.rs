@@ -23,6 +23,10 @@ pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "uptime_secs": state.started_at.elapsed().as_secs(),
     });
     if state.redis.is_some() {
+        body["ingress"] = json!({
+            "state": if state.redis_status() == "up" { "listening" } else { "reconnecting" },
+            "last_message_age_secs": state.ingress.last_message_age().map(|a| a.as_secs_f64()),
+        });
         match tokio::time::timeout(CLUSTER_COUNT_TIMEOUT, state.delivery.cluster_connections()).await {
             Ok(Ok(n)) => body["cluster_connections"] = json!(n),
             Ok(Err(e)) => {
