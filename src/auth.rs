@@ -128,7 +128,8 @@ impl Verifier {
             Some(Value::Array(items)) => items.iter().filter_map(scalar_to_string).collect(),
             _ => vec![],
         };
-        let expires_at = claims.get("exp").and_then(Value::as_u64)?;
+        // RFC 7519 allows a fractional NumericDate (PyJWT writes one for `time.time() + ttl`).
+        let expires_at = claims.get("exp").and_then(Value::as_f64).filter(|e| *e >= 0.0)? as u64;
         Some(Identity { user_id, role, projects, expires_at })
     }
 }
@@ -237,6 +238,13 @@ mod tests {
         let claims = serde_json::json!({"user_id": 42, "exp": now_secs() + 60});
         let t = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s")).unwrap();
         assert_eq!(v.verify(&t).unwrap().user_id, "42");
+    }
+
+    #[test]
+    fn fractional_exp_is_a_valid_numeric_date() {
+        let claims = serde_json::json!({"user_id": 1, "exp": now_secs() as f64 + 60.5});
+        let t = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s")).unwrap();
+        assert_eq!(verifier("s").verify(&t).unwrap().user_id, "1");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Replay must neither lose nor repeat a notification that is being delivered while the socket
 //! connects. It works with the gate in [`Delivery`]: every stored emit applied on this instance
 //! holds the gate for reading and records `(sequence, nid)`. A replay
-//! 1. joins the rooms while holding the gate for writing, noting the sequence number `J`;
+//! 1. joins the rooms while holding the gate for writing, noting the sequence number `J`
+//!    ([`join`]);
 //! 2. reads the stored entries after the cursor (no lock held);
 //! 3. holding the gate for writing again, drops entries applied here after `J` (they reached the
 //!    socket live), marks the rest as replayed to this socket (so that an entry still on its way
@@ -21,15 +22,22 @@ use crate::notification::{iso_now, now_ms, EVENT};
 use crate::payload::Value;
 use crate::store::{merged_range, Entry, ReadState, StoreError, StreamId, BROADCAST_STREAM};
 
-/// Joins `rooms` and replays what was stored for them after `after` (nothing when `None`).
-pub async fn join_and_replay<A: Adapter>(delivery: &Delivery, socket: &SocketRef<A>, rooms: Vec<String>, after: Option<StreamId>, max_replay: usize) {
-    let joined_at = {
-        let _gate = delivery.gate().write().await;
-        socket.join(rooms.clone());
-        delivery.sequence()
-    };
-    let Some(after) = after else { return };
-    let streams = persisted_streams(delivery, &rooms);
+/// Proof that a socket joined its rooms at a point of the local apply sequence.
+pub struct Joined {
+    rooms: Vec<String>,
+    sequence: u64,
+}
+
+/// Joins `rooms` (step 1): from here on the socket receives live emits to them.
+pub async fn join<A: Adapter>(delivery: &Delivery, socket: &SocketRef<A>, rooms: Vec<String>) -> Joined {
+    let _gate = delivery.gate().write().await;
+    socket.join(rooms.clone());
+    Joined { rooms, sequence: delivery.sequence() }
+}
+
+/// Replays what was stored for the joined rooms after `after` (steps 2 and 3).
+pub async fn replay<A: Adapter>(delivery: &Delivery, socket: &SocketRef<A>, joined: Joined, after: StreamId, max_replay: usize) {
+    let streams = persisted_streams(delivery, &joined.rooms);
     let mut entries = match merged_range(delivery.store().as_ref(), socket.ns(), &streams, Some(after)).await {
         Ok(entries) => entries,
         Err(e) => {
@@ -42,7 +50,8 @@ pub async fn join_and_replay<A: Adapter>(delivery: &Delivery, socket: &SocketRef
     let _gate = delivery.gate().write().await;
     {
         let mut recent = delivery.recent();
-        let live: HashSet<StreamId> = recent.applied.iter().filter(|(seq, _, _)| *seq >= joined_at).map(|(_, nid, _)| *nid).collect();
+        let live: HashSet<StreamId> =
+            recent.applied.iter().filter(|(seq, _, _)| *seq >= joined.sequence).map(|(_, nid, _)| *nid).collect();
         entries.retain(|e| !live.contains(&e.nid));
         let now = std::time::Instant::now();
         for entry in &entries {

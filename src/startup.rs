@@ -150,7 +150,7 @@ fn assemble<A: Adapter + DefinedAdapter>(
 ) -> anyhow::Result<Assembled> {
     let (socket_layer, io): (SocketIoLayer<A>, SocketIo<A>) = builder.build_layer();
     let metrics = Arc::new(Metrics::default());
-    let store = build_store(&settings)?;
+    let store = build_store(&settings, redis.as_ref())?;
     let delivery = Delivery::new(Arc::new(io.clone()), store, PersistPolicy::new(&settings.delivery), metrics.clone());
     let state = Arc::new(AppState::new(settings, verifier, delivery, metrics, redis));
     socket::register(&io, state.clone());
@@ -161,13 +161,12 @@ fn assemble<A: Adapter + DefinedAdapter>(
     Ok((router, state, tasks))
 }
 
-fn build_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+fn build_store(settings: &Settings, redis: Option<&ResilientDriver>) -> anyhow::Result<Arc<dyn Store>> {
     let delivery = &settings.delivery;
     let max_age = Duration::from_secs(delivery.stream_max_age_secs);
-    Ok(if settings.redis.url.is_empty() {
-        Arc::new(MemoryStore::new(delivery.stream_max_len, max_age))
-    } else {
-        Arc::new(RedisStore::new(&settings.redis.url, delivery.stream_max_len, max_age)?)
+    Ok(match redis {
+        None => Arc::new(MemoryStore::new(delivery.stream_max_len, max_age)),
+        Some(driver) => Arc::new(RedisStore::new(&settings.redis.url, driver.watch_state(), delivery.stream_max_len, max_age)?),
     })
 }
 

@@ -113,7 +113,11 @@ fn recipients(to: Option<&Json_>) -> Result<Recipients, ApiError> {
             let ids = value.as_array().filter(|ids| !ids.is_empty()).ok_or_else(|| {
                 ApiError::bad_request("to.users must be a non-empty list of user ids")
             })?;
-            Recipients::Rooms(ids.iter().map(|id| id_text(id, "users").map(|id| user_room(&id))).collect::<Result<_, _>>()?)
+            let mut rooms: Vec<String> = ids.iter().map(|id| id_text(id, "users").map(|id| user_room(&id))).collect::<Result<_, _>>()?;
+            // 77 and "77" are one user: notify each once.
+            let mut seen = std::collections::HashSet::new();
+            rooms.retain(|room| seen.insert(room.clone()));
+            Recipients::Rooms(rooms)
         }
         "role" => Recipients::Rooms(vec![role_room(&id_text(value, "role")?)]),
         "project" => Recipients::Rooms(vec![project_room(&id_text(value, "project")?)]),

@@ -22,7 +22,7 @@ use socketioxide::SocketIo;
 
 use crate::auth::{find_token, Identity, Refusal};
 use crate::notification::{self, EVENT};
-use crate::replay::{join_and_replay, lagging_now};
+use crate::replay::{join, lagging_now, replay};
 use crate::rooms::{granted_rooms, user_room};
 use crate::store::StreamId;
 use crate::state::AppState;
@@ -127,11 +127,6 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
     let identity = socket.extensions.get::<Identity>();
     state.metrics.inc("herald_connects_total", &[]);
     tracing::debug!(sid = %socket.id, ns = socket.ns(), user = identity.as_ref().map(|i| i.user_id.as_str()), "connected");
-
-    let welcome = notification::welcome(identity.as_ref().map(|i| i.user_id.as_str()), socket.id.as_str());
-    if let Err(e) = socket.emit(EVENT, &welcome) {
-        tracing::debug!(sid = %socket.id, error = %e, "welcome not sent");
-    }
     events::register(&socket, state.clone());
     session::watch_expiry(state.clone(), socket.clone());
     let disconnect_state = state.clone();
@@ -140,18 +135,31 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
         async move { on_disconnect(&state, &socket, reason).await }
     });
 
+    // Rooms first, so that the client can rely on them once it has the welcome.
     let mut rooms = vec![socket.id.to_string()];
-    let mut after = None;
-    if let Some(identity) = &identity {
-        let granted = granted_rooms(identity);
-        after = replay_cursor(&state, &socket, identity).await;
-        let persisted: Vec<String> = granted.iter().filter(|r| state.delivery.persist().persists_room(r)).cloned().collect();
-        if let Err(e) = state.delivery.store().set_user_rooms(&identity.user_id, &persisted).await {
+    rooms.extend(identity.as_ref().map(granted_rooms).unwrap_or_default());
+    let joined = join(&state.delivery, &socket, rooms).await;
+    let welcome = notification::welcome(identity.as_ref().map(|i| i.user_id.as_str()), socket.id.as_str());
+    if let Err(e) = socket.emit(EVENT, &welcome) {
+        tracing::debug!(sid = %socket.id, error = %e, "welcome not sent");
+    }
+    let Some(identity) = identity else { return };
+    remember_user_rooms(&state, &identity);
+    if let Some(after) = replay_cursor(&state, &socket, &identity).await {
+        replay(&state.delivery, &socket, joined, after, state.settings.delivery.max_replay).await;
+    }
+}
+
+/// Records (in the background: it is bookkeeping, not part of connecting) the persisted rooms
+/// the token granted, for history over HTTP.
+fn remember_user_rooms(state: &Arc<AppState>, identity: &Identity) {
+    let persisted: Vec<String> = granted_rooms(identity).into_iter().filter(|r| state.delivery.persist().persists_room(r)).collect();
+    let (state, user) = (state.clone(), identity.user_id.clone());
+    tokio::spawn(async move {
+        if let Err(e) = state.delivery.store().set_user_rooms(&user, &persisted).await {
             tracing::debug!(error = %e, "user rooms not recorded");
         }
-        rooms.extend(granted);
-    }
-    join_and_replay(&state.delivery, &socket, rooms, after, state.settings.delivery.max_replay).await;
+    });
 }
 
 /// Where replay starts: the client's `auth.last_id`; otherwise, when no other socket of the user

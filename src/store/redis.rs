@@ -15,6 +15,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
+use tokio::sync::watch;
+
+use crate::cluster::redis_state::RedisState;
 
 use super::{Entry, ReadState, Store, StoreError, StreamId};
 use crate::notification::now_ms;
@@ -59,6 +62,8 @@ return 1
 
 pub struct RedisStore {
     connection: ConnectionManager,
+    /// The cluster driver's view of Redis: while it is down, calls fail at once.
+    redis_state: watch::Receiver<RedisState>,
     max_len: usize,
     max_age: Duration,
     append: Script,
@@ -67,7 +72,7 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects lazily: an unreachable Redis at startup is not an error here.
-    pub fn new(url: &str, max_len: usize, max_age: Duration) -> Result<RedisStore, StoreError> {
+    pub fn new(url: &str, redis_state: watch::Receiver<RedisState>, max_len: usize, max_age: Duration) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
@@ -75,11 +80,15 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| StoreError(e.to_string()))?;
-        Ok(RedisStore { connection, max_len, max_age, append: Script::new(APPEND), set_max_id: Script::new(SET_MAX_ID) })
+        Ok(RedisStore { connection, redis_state, max_len, max_age, append: Script::new(APPEND), set_max_id: Script::new(SET_MAX_ID) })
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.connection.clone()
+    /// A connection, or an error at once while Redis is known to be down.
+    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        match *self.redis_state.borrow() {
+            RedisState::Up => Ok(self.connection.clone()),
+            RedisState::Down => Err(StoreError("Redis is unreachable".into())),
+        }
     }
 }
 
@@ -118,7 +127,7 @@ impl Store for RedisStore {
                 .arg(format!("{oldest_kept}-0"))
                 .arg(DEDUP_TTL_SECS)
                 .arg(self.max_age.as_millis() as u64 + 60_000);
-            let nid: String = invocation.invoke_async(&mut self.conn()).await.map_err(failed)?;
+            let nid: String = invocation.invoke_async(&mut self.conn()?).await.map_err(failed)?;
             parse_id(&nid)
         })
     }
@@ -127,7 +136,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let start = after.map(|a| format!("({a}")).unwrap_or_else(|| "-".into());
             let reply: redis::streams::StreamRangeReply =
-                self.conn().xrange(stream_key(namespace, room), start, "+").await.map_err(failed)?;
+                self.conn()?.xrange(stream_key(namespace, room), start, "+").await.map_err(failed)?;
             let mut entries = Vec::with_capacity(reply.ids.len());
             for item in reply.ids {
                 let field = |name: &str| item.get::<String>(name).unwrap_or_default();
@@ -146,7 +155,7 @@ impl Store for RedisStore {
 
     fn seen<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<StreamId>, StoreError>> {
         Box::pin(async move {
-            let value: Option<String> = self.conn().get(format!("herald:seen:{user}")).await.map_err(failed)?;
+            let value: Option<String> = self.conn()?.get(format!("herald:seen:{user}")).await.map_err(failed)?;
             value.map(|v| parse_id(&v)).transpose()
         })
     }
@@ -157,7 +166,7 @@ impl Store for RedisStore {
                 .set_max_id
                 .key(format!("herald:seen:{user}"))
                 .arg(id.to_string())
-                .invoke_async(&mut self.conn())
+                .invoke_async(&mut self.conn()?)
                 .await
                 .map_err(failed)?;
             Ok(())
@@ -168,7 +177,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let value = serde_json::to_string(rooms).unwrap_or_default();
             let _: () = self
-                .conn()
+                .conn()?
                 .set_ex(format!("herald:rooms:{user}"), value, self.max_age.as_secs() + 60)
                 .await
                 .map_err(failed)?;
@@ -178,14 +187,14 @@ impl Store for RedisStore {
 
     fn user_rooms<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         Box::pin(async move {
-            let value: Option<String> = self.conn().get(format!("herald:rooms:{user}")).await.map_err(failed)?;
+            let value: Option<String> = self.conn()?.get(format!("herald:rooms:{user}")).await.map_err(failed)?;
             Ok(value.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default())
         })
     }
 
     fn read_state<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<ReadState, StoreError>> {
         Box::pin(async move {
-            let mut conn = self.conn();
+            let mut conn = self.conn()?;
             let up_to: Option<String> = conn.get(format!("herald:read:{user}")).await.map_err(failed)?;
             let ids: Vec<String> = conn.smembers(format!("herald:read:{user}:ids")).await.map_err(failed)?;
             let mut ids: Vec<StreamId> = ids.iter().filter_map(|i| i.parse().ok()).collect();
@@ -198,7 +207,7 @@ impl Store for RedisStore {
 
     fn mark_read<'a>(&'a self, user: &'a str, ids: &'a [StreamId], up_to: Option<StreamId>) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut conn = self.conn();
+            let mut conn = self.conn()?;
             if let Some(up_to) = up_to {
                 let _: i64 = self
                     .set_max_id

@@ -3,6 +3,7 @@
 //! frame, so tests can also send what a well-behaved client never would.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod herald_process;
 pub mod redis_server;
 
 use std::collections::VecDeque;
@@ -295,7 +296,8 @@ impl TestClient {
             match tokio::time::timeout(WAIT, self.ws.next()).await {
                 Err(_) => return false,
                 Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
-                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "1" => return true,
+                // "1": Engine.IO close; "41<nsp>": the server disconnected this namespace.
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str() == "1" || t.as_str() == format!("41{}", self.ns_prefix()) => return true,
                 Ok(Some(Ok(_))) => {}
             }
         }

@@ -1,0 +1,161 @@
+//! Several instances behave as one server (issue: cluster). Three real `herald` processes share
+//! one real `redis-server`, which the tests kill and restart like an outage would.
+
+mod common;
+
+use std::time::Duration;
+
+use common::herald_process::HeraldProcess;
+use common::redis_server::RedisServer;
+use common::{TestClient, SECRET};
+use herald::auth::mint_dev_token;
+use serde_json::json;
+
+async fn client(instance: &HeraldProcess, user: &str) -> TestClient {
+    let token = mint_dev_token(SECRET, user, None, &[], 3600).unwrap();
+    let mut client = TestClient::connect(instance.addr(), &format!("token={token}"), None, "/").await.expect("connects");
+    assert_eq!(client.next_event("notification").await.expect("welcome")[0]["type"], "welcome");
+    client
+}
+
+async fn three_instances(redis: &RedisServer) -> [HeraldProcess; 3] {
+    let url = redis.url();
+    let (a, b, c) = tokio::join!(HeraldProcess::start("a", &url), HeraldProcess::start("b", &url), HeraldProcess::start("c", &url));
+    for instance in [&a, &b, &c] {
+        instance.wait_health("redis up", |h| h["redis"] == "up").await;
+    }
+    [a, b, c]
+}
+
+const QUIET: Duration = Duration::from_millis(400);
+
+#[tokio::test]
+async fn a_notification_posted_anywhere_reaches_every_tab_once() {
+    let redis = RedisServer::running();
+    let [a, b, c] = three_instances(&redis).await;
+    let mut on_b = client(&b, "1").await;
+    let mut on_c = client(&c, "1").await;
+    let mut other = client(&a, "2").await;
+
+    let (status, body) = a.post("/api/v1/notify", json!({ "to": { "user": 1 }, "type": "t", "message": "hello" })).await;
+    assert_eq!(status, 202);
+    for tab in [&mut on_b, &mut on_c] {
+        let n = tab.next_notification().await.expect("delivered");
+        assert_eq!(n["id"], body["id"]);
+        assert!(tab.receives_nothing("notification", QUIET).await, "delivered twice");
+    }
+    assert!(other.receives_nothing("notification", QUIET).await);
+
+    // A room joined on B receives an emit made on C, once; a plain (not stored) event.
+    assert_eq!(on_b.call("room:join", &[json!("team-updates")]).await["ok"], true);
+    let (status, _) = c.post("/api/v1/emit", json!({ "event": "team", "args": [1, 2], "rooms": ["team-updates"] })).await;
+    assert_eq!(status, 202);
+    assert_eq!(on_b.next_event("team").await, Some(vec![json!(1), json!(2)]));
+    assert!(on_b.receives_nothing("team", QUIET).await);
+
+    // Cluster-wide count and disconnect.
+    a.wait_health("3 sockets in the cluster", |h| h["cluster_connections"] == 3).await;
+    let (status, _) = a.post("/api/v1/users/1/disconnect", json!({})).await;
+    assert_eq!(status, 202);
+    assert!(on_b.closed_by_server().await && on_c.closed_by_server().await);
+    a.wait_health("1 socket left", |h| h["cluster_connections"] == 1).await;
+}
+
+#[tokio::test]
+async fn redis_outages_keep_local_delivery_and_heal_by_themselves() {
+    let mut redis = RedisServer::running();
+    let [a, b, _c] = three_instances(&redis).await;
+    let mut on_a = client(&a, "1").await;
+    let mut on_b = client(&b, "2").await;
+
+    redis.kill();
+    a.wait_health("redis down", |h| h["redis"] == "down").await;
+    // Local delivery keeps working on each instance.
+    for (instance, user, tab) in [(&a, "1", &mut on_a), (&b, "2", &mut on_b)] {
+        let (status, _) = instance.post("/api/v1/notify", json!({ "to": { "user": user }, "type": "t", "message": "while down" })).await;
+        assert_eq!(status, 202);
+        assert_eq!(tab.next_notification().await.expect("local delivery")["message"], "while down");
+    }
+    assert_eq!(a.status("/ready").await, 200, "an outage after startup does not make the instance unready");
+
+    redis.start();
+    a.wait_health("redis back", |h| h["redis"] == "up").await;
+    b.wait_health("redis back", |h| h["redis"] == "up").await;
+    assert_cross_instance_delivery(&a, &mut on_b, "2", "after restart").await;
+
+    // The same after every pub/sub connection is killed.
+    redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_cross_instance_delivery(&a, &mut on_b, "2", "after client kill").await;
+    let metrics = reqwest::get(a.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("herald_redis_outages 2"), "the kill and the client kill: {metrics}");
+}
+
+/// Posts on `from` until `tab` (on another instance) receives it: resubscription takes a moment.
+async fn assert_cross_instance_delivery(from: &HeraldProcess, tab: &mut TestClient, user: &str, message: &str) {
+    for attempt in 0..30 {
+        let text = format!("{message} #{attempt}");
+        from.post("/api/v1/notify", json!({ "to": { "user": user }, "type": "t", "message": text })).await;
+        if let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), tab.next_notification()).await {
+            assert!(n["message"].as_str().unwrap().starts_with(message));
+            // Drain what earlier attempts may still bring; no more than one per attempt.
+            while tokio::time::timeout(QUIET, tab.next_notification()).await.ok().flatten().is_some() {}
+            return;
+        }
+    }
+    panic!("cross-instance delivery did not resume ({message})");
+}
+
+#[tokio::test]
+async fn an_instance_started_without_redis_serves_locally_and_becomes_ready() {
+    let mut redis = RedisServer::stopped();
+    let a = HeraldProcess::start("a", &redis.url()).await;
+    assert_eq!(a.status("/ready").await, 503);
+    let mut tab = client(&a, "1").await;
+    let (status, _) = a.post("/api/v1/notify", json!({ "to": { "user": 1 }, "type": "t", "message": "local" })).await;
+    assert_eq!(status, 202);
+    assert_eq!(tab.next_notification().await.expect("local delivery")["message"], "local");
+
+    redis.start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while a.status("/ready").await != 200 {
+        assert!(std::time::Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_ingress_is_stored_once_and_replayed_on_another_instance() {
+    let redis = RedisServer::running();
+    let [a, b, c] = three_instances(&redis).await;
+    // The user was online on A, then left.
+    client(&a, "7").await.disconnect().await;
+    a.wait_health("no sockets", |h| h["connections"] == 0).await;
+
+    let mut expected = vec![];
+    let (_, body) = b.post("/api/v1/notify", json!({ "to": { "user": 7 }, "type": "t", "message": "via http" })).await;
+    expected.push(body["id"].as_str().unwrap().to_string());
+    redis.command(&["PUBLISH", "notify:user:7", r#"{"type":"t","message":"via notify"}"#]);
+    let python = r#"{"method": "emit", "event": "notification", "data": [{"type": "t", "message": "via python"}], "binary": false, "namespace": "/", "room": "user_7", "skip_sid": null, "callback": null, "host_id": "x"}"#;
+    redis.command(&["PUBLISH", "flask-socketio", python]);
+    // Garbage on every ingress channel is counted and skipped.
+    for channel in ["flask-socketio", "socket.io#/#", "notify:user:7"] {
+        redis.command(&["PUBLISH", channel, "\u{1}garbage{"]);
+    }
+
+    let mut tab = client(&c, "7").await;
+    let mut messages = vec![];
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(2), tab.next_notification()).await {
+        messages.push(n["message"].as_str().unwrap().to_string());
+    }
+    assert_eq!(messages, ["via http", "via notify", "via python"], "each once, in order");
+
+    let history = reqwest::Client::new().get(a.url("/api/v1/users/7/notifications")).bearer_auth(common::API_KEY).send().await.unwrap();
+    let history: serde_json::Value = history.json().await.unwrap();
+    assert_eq!(history["items"].as_array().unwrap().len(), 3, "stored once, not once per instance: {history}");
+    assert_eq!(history["items"][2]["id"], expected[0].as_str());
+
+    let metrics = reqwest::get(c.url("/metrics")).await.unwrap().text().await.unwrap();
+    for source in ["python", "node", "notify"] {
+        assert!(metrics.contains(&format!("herald_ingress_messages_total{{source=\"{source}\",outcome=\"malformed\"}} 1")), "{source}: {metrics}");
+    }
+}

@@ -1,0 +1,95 @@
+//! The real `herald` binary as a child process: what cluster tests run three of, so that each
+//! instance has its own runtime, sockets and Redis connections, as in production.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{API_KEY, SECRET};
+
+pub struct HeraldProcess {
+    pub port: u16,
+    pub node_id: String,
+    process: Option<Child>,
+}
+
+impl HeraldProcess {
+    /// Starts an instance sharing `redis_url` and waits until it answers `/health`.
+    pub async fn start(node_id: &str, redis_url: &str) -> HeraldProcess {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let process = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .env("HERALD__SERVER__HOST", "127.0.0.1")
+            .env("HERALD__SERVER__PORT", port.to_string())
+            .env("HERALD__SERVER__NODE_ID", node_id)
+            .env("HERALD__SERVER__SHUTDOWN_GRACE_SECS", "2")
+            .env("HERALD__REDIS__URL", redis_url)
+            .env("HERALD__AUTH__JWT_SECRET", SECRET)
+            .env("HERALD__API__KEYS", API_KEY)
+            .env("HERALD__SOCKETIO__NAMESPACES", "/,/chat")
+            .env("RUST_LOG", std::env::var("HERALD_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(if std::env::var("HERALD_TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .expect("herald binary runs");
+        let instance = HeraldProcess { port, node_id: node_id.to_string(), process: Some(process) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while instance.health().await.is_none() {
+            assert!(Instant::now() < deadline, "herald {node_id} did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        instance
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub async fn health(&self) -> Option<Value> {
+        let response = reqwest::get(self.url("/health")).await.ok()?;
+        response.json().await.ok()
+    }
+
+    pub async fn status(&self, path: &str) -> u16 {
+        reqwest::get(self.url(path)).await.map(|r| r.status().as_u16()).unwrap_or(0)
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = reqwest::Client::new().post(self.url(path)).bearer_auth(API_KEY).json(&body).send().await.expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until `/health` satisfies `condition`.
+    pub async fn wait_health(&self, what: &str, condition: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(health) = self.health().await {
+                if condition(&health) {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "{}: never {what}", self.node_id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `kill -9`: the instance vanishes without running any shutdown code.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+}
+
+impl Drop for HeraldProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
