@@ -23,7 +23,7 @@ export const HERALD_BIN = process.env.HERALD_BIN
   ? path.resolve(process.env.HERALD_BIN)
   : path.join(REPO_ROOT, 'target', 'debug', 'herald');
 
-export const SECRET = 'client-test-secret-0123456789';
+export const SECRET = 'client-test-secret-0123456789abcdef';
 export const API_KEY = 'client-test-api-key';
 export const TIMEOUT = 10_000; // generous: a "should happen" wait never comes close on a healthy run
 
