@@ -44,6 +44,10 @@ async function rawSocket({ connectNs = true } = {}) {
   const open = await until((f) => typeof f === 'string' && f.startsWith('0{'), 'engine.io open');
   const handshake = JSON.parse(open.slice(1));
   assert.ok(handshake.sid && Array.isArray(handshake.upgrades));
+  // socketio.* settings reach the Engine.IO handshake (defaults, and max_payload_bytes set above)
+  assert.equal(handshake.pingInterval, 15000);
+  assert.equal(handshake.pingTimeout, 30000);
+  assert.equal(handshake.maxPayload, 100000);
   if (connectNs) {
     ws.send(`40${JSON.stringify({ token })}`);
     await until((f) => typeof f === 'string' && f.startsWith('40{'), 'socket.io connect');

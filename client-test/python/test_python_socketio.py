@@ -227,3 +227,25 @@ def test_api_refuses_bad_key_and_bad_body(herald):
     r = herald.notify({"to": {"user": 1}, "type": "x", "message": "y", "priority": 9})
     assert r.status_code == 400 and "priority" in r.json()["error"]
     assert API_KEY  # the fixture's key is the one configured
+
+
+def test_other_namespace_with_auth():
+    """python-socketio connecting to a non-root namespace only (Flask-SocketIO: namespace='/admin')."""
+    from conftest import Herald
+
+    server = Herald(env={"HERALD__SOCKETIO__NAMESPACES": "/,/admin", "HERALD__SOCKETIO__PING_INTERVAL_SECS": "2"})
+    c = Client()
+    try:
+        user = unique_user()
+        c.sio.on("notification", lambda *a: c.queues["notification"].put(a), namespace="/admin")
+        c.connect(server.url, namespaces=["/admin"], auth={"token": mint_token({"user_id": user})}, transports=["websocket"])
+        welcome = c.next()
+        assert welcome["type"] == "welcome"
+        assert welcome["data"] == {"user_id": str(user), "sid": c.sio.get_sid("/admin")}
+        r = server.notify({"to": {"user": user}, "type": "info", "message": "admin ns", "namespace": "/admin"})
+        assert r.status_code == 202, r.text
+        assert c.next()["message"] == "admin ns"
+        assert c.sio.call("room:join", "queue-updates", namespace="/admin", timeout=TIMEOUT) == {"ok": True, "room": "queue-updates"}
+    finally:
+        c.close()
+        server.stop()
