@@ -66,6 +66,8 @@ for (const [name, transport] of Object.entries(TRANSPORTS)) {
         ['HS512 (not in auth.algorithms)', () => ({ auth: { token: mintToken({ user_id: 1 }, { algorithm: 'HS512' }) } }), 'invalid token'],
         ['no user claim (neither user_id nor sub)', () => ({ auth: { token: mintToken({ role: 'admin' }) } }), 'invalid token'],
         ['no exp claim', () => ({ auth: { token: mintToken({ user_id: 1, exp: null }) } }), 'invalid token'],
+        ['nbf in the future', () => ({ auth: { token: mintToken({ user_id: 1, nbf: now() + 600 }) } }), 'invalid token'],
+        ['user_id is an object', () => ({ auth: { token: mintToken({ user_id: { id: 1 } }) } }), 'invalid token'],
         ['tampered payload', () => {
           const [h, , s] = userToken(1).split('.');
           const p = Buffer.from(JSON.stringify({ user_id: 2, exp: now() + 3600 })).toString('base64url');

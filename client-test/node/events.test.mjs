@@ -164,6 +164,11 @@ for (const [name, transport] of Object.entries(TRANSPORTS)) {
       const pong2 = await inbox.next('pong');
       assert.equal(pong2.type, 'pong');
       assert.equal(pong2.timestamp, 99);
+      // no payload at all: timestamp echoes as null
+      const bare = await ack(socket, 'ping');
+      assert.equal(bare.type, 'pong');
+      assert.equal(bare.timestamp, null);
+      assert.equal((await inbox.next('pong')).timestamp, null);
       // malformed ping
       assert.deepEqual(await ack(socket, 'ping', 'nope'), { ok: false, error: 'expected {"timestamp": <ms>}' });
       socket.close();
