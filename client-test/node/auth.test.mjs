@@ -131,11 +131,11 @@ describe('claims', () => {
     const n = await a.inbox.next();
     assert.equal(n.message, 'just a');
     assert.equal(n.channel, a.socket.id);
+    a.inbox.watch('direct'); // listen before emitting: the event may beat the HTTP response
+    b.inbox.watch('direct');
     const r2 = await emit(server, { event: 'direct', args: [{ to: 'a' }], rooms: [a.socket.id] });
     assert.equal(r2.status, 202, r2.text);
-    a.inbox.watch('direct');
     assert.deepEqual(await a.inbox.next('direct'), { to: 'a' });
-    b.inbox.watch('direct');
     assert.deepEqual(await strayEvents(server, b.inbox, b.socket.id), []);
     assert.deepEqual(b.inbox.drain('direct'), []);
     a.socket.close();
