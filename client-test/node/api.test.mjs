@@ -83,6 +83,20 @@ describe('POST /api/v1/notify', () => {
     for (const s of [a, b, c]) s.socket.close();
   });
 
+  test('to.users naming one user twice (42 and "42") still delivers once (SPEC §6 exactly once)', async () => {
+    const user = uniqueUser();
+    const { socket, inbox } = await connect(server.url, { transports: ['websocket'], auth: { token: userToken(user) } });
+    const r = await notify(server, { to: { users: [user, String(user), user] }, type: 'dup', message: 'only once' });
+    if (r.status === 202) {
+      assert.equal((await inbox.next()).message, 'only once');
+      const extra = await strayEvents(server, inbox, socket.id);
+      assert.equal(extra.length, 0, `the same notification arrived ${extra.length + 1} times`);
+    } else {
+      assert.equal(r.status, 400, r.text); // refusing duplicates would also keep exactly-once
+    }
+    socket.close();
+  });
+
   test('to.role and to.project', async () => {
     const staff = await connect(server.url, { transports: ['websocket'], auth: { token: mintToken({ user_id: uniqueUser(), role: 'staff', projects: ['x9'] }) } });
     const guest = await connect(server.url, { transports: ['websocket'], auth: { token: mintToken({ user_id: uniqueUser(), role: 'guest' }) } });
