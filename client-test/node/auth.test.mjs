@@ -108,6 +108,14 @@ describe('claims', () => {
     socket.close();
   });
 
+  test('fractional exp (RFC 7519 NumericDate; PyJWT with time.time()) is accepted', async () => {
+    const user = uniqueUser();
+    const token = mintToken({ user_id: user, exp: Date.now() / 1000 + 3600.25 });
+    const { socket, welcome } = await connect(server.url, { transports: ['websocket'], auth: { token } });
+    assert.equal(welcome.data.user_id, String(user));
+    socket.close();
+  });
+
   test('string user_id works and "sub" is the fallback claim', async () => {
     const a = await connect(server.url, { transports: ['websocket'], auth: { token: mintToken({ user_id: 'alice-x' }) } });
     assert.equal(a.welcome.data.user_id, 'alice-x');

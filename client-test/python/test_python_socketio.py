@@ -6,6 +6,7 @@ import queue
 import re
 import time
 
+import jwt
 import pytest
 import socketio
 
@@ -249,3 +250,16 @@ def test_other_namespace_with_auth():
     finally:
         c.close()
         server.stop()
+
+
+def test_pyjwt_token_with_float_exp(herald, clients):
+    """A Flask backend minting `jwt.encode({"user_id": u, "exp": time.time() + 3600}, ...)`:
+    PyJWT keeps the fractional exp (valid RFC 7519 NumericDate) and the Flask service accepted it."""
+    user = unique_user()
+    token = jwt.encode({"user_id": user, "exp": time.time() + 3600}, SECRET, algorithm="HS256")
+    c = clients()
+    try:
+        c.connect(herald.url, auth={"token": token}, transports=["websocket"])
+    except socketio.exceptions.ConnectionError:
+        raise AssertionError(f"refused: {c.connect_errors.get(timeout=TIMEOUT)}") from None
+    assert c.next()["data"]["user_id"] == str(user)
