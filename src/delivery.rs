@@ -23,7 +23,7 @@ use crate::configuration::DeliverySettings;
 use crate::metrics::Metrics;
 use crate::payload::{Args, Value};
 use crate::rooms::Pattern;
-use crate::store::{Store, StreamId, BROADCAST_STREAM};
+use crate::store::{Store, Stored, StreamId, BROADCAST_STREAM};
 
 /// Which sockets a command acts on: those of `namespace` in any of `rooms` (all of the namespace
 /// when `rooms` is empty) and in none of `except`.
@@ -156,6 +156,25 @@ pub trait Fanout: Send + Sync + 'static {
     fn publish<'a>(&'a self, nid: StreamId, command: &'a Command) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// Where a command comes from, for [`Delivery::apply`].
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub scope: Scope,
+    /// The ingress, for `/metrics`: `http`, `python`, `node`, `notify`.
+    pub source: &'static str,
+    /// Identifies a message every instance receives (pub/sub ingress), so that it is stored once.
+    pub dedup_key: Option<&'a str>,
+    /// The id to store under, when this emit is one part of a notification that already has one.
+    pub nid: Option<StreamId>,
+}
+
+impl Origin<'static> {
+    /// A command that entered on this instance through the HTTP API.
+    pub fn http() -> Origin<'static> {
+        Origin { scope: Scope::Cluster, source: "http", dedup_key: None, nid: None }
+    }
+}
+
 /// Which emits are stored: an event in `persisted_events` sent to a room matching
 /// `persisted_rooms`, or to a whole namespace when `persist_broadcasts`.
 pub struct PersistPolicy {
@@ -267,10 +286,10 @@ impl Delivery {
         &self.inner.metrics
     }
 
-    /// Applies `command`; `source` names the ingress for `/metrics` (`http`, `python`, ...).
-    /// `dedup_key` identifies a message that every instance receives (pub/sub ingress), so that
-    /// it is stored once. Returns the notification id when the emit was stored.
-    pub async fn apply(&self, command: Command, scope: Scope, source: &'static str, dedup_key: Option<&str>) -> Result<Option<StreamId>, DeliveryError> {
+    /// Applies `command`; `origin` says where it came from. Returns the notification id when
+    /// the emit was stored.
+    pub async fn apply(&self, command: Command, origin: Origin<'_>) -> Result<Option<StreamId>, DeliveryError> {
+        let Origin { scope, source, dedup_key, nid } = origin;
         let kind = command.kind();
         let result = match &command {
             Command::Emit { target, event, args } => {
@@ -278,7 +297,8 @@ impl Delivery {
                 if streams.is_empty() {
                     self.apply_plain(&command, scope).await.map(|_| None)
                 } else {
-                    let nid = self.store_once(target, &streams, event, args, dedup_key).await;
+                    let emit = Stored { event, args, dedup_key, nid };
+                    let nid = self.store_once(&target.namespace, &streams, emit).await;
                     self.deliver_stored(nid, command.clone(), scope).await.map(|_| Some(nid))
                 }
             }
@@ -310,8 +330,8 @@ impl Delivery {
 
     /// Appends to the store; when the store is unavailable the emit still goes out, with an id
     /// from this instance, and the failure is counted.
-    async fn store_once(&self, target: &Target, streams: &[String], event: &str, args: &Args, dedup_key: Option<&str>) -> StreamId {
-        match self.inner.store.append(&target.namespace, streams, event, args, dedup_key).await {
+    async fn store_once(&self, namespace: &str, streams: &[String], emit: Stored<'_>) -> StreamId {
+        match self.inner.store.append(namespace, streams, emit).await {
             Ok(nid) => {
                 self.inner.metrics.inc("herald_stored_total", &[("outcome", "stored")]);
                 nid
@@ -319,7 +339,7 @@ impl Delivery {
             Err(e) => {
                 self.inner.metrics.inc("herald_stored_total", &[("outcome", "failed")]);
                 tracing::warn!(error = %e, "notification not stored: delivering live only");
-                StreamId::new(crate::notification::now_ms(), 0)
+                emit.nid.unwrap_or_else(|| StreamId::new(crate::notification::now_ms(), 0))
             }
         }
     }

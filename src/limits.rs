@@ -109,9 +109,13 @@ pub struct EventBucket {
 struct BucketState {
     tokens: f64,
     refilled: Instant,
-    /// Events refused since the bucket was last full; past a threshold the socket is dropped.
-    strikes: u32,
+    /// Events refused in the current abuse window; past a threshold the socket is dropped.
+    refused: u32,
+    window_started: Instant,
 }
+
+/// The window over which refused events are counted as abuse.
+const ABUSE_WINDOW: Duration = Duration::from_secs(10);
 
 /// What to do with one event.
 #[derive(Debug, PartialEq, Eq)]
@@ -126,7 +130,8 @@ pub enum EventVerdict {
 impl EventBucket {
     pub fn new(per_second: u32) -> EventBucket {
         let rate = per_second.max(1) as f64;
-        EventBucket { rate, state: Mutex::new(BucketState { tokens: 2.0 * rate, refilled: Instant::now(), strikes: 0 }) }
+        let now = Instant::now();
+        EventBucket { rate, state: Mutex::new(BucketState { tokens: 2.0 * rate, refilled: now, refused: 0, window_started: now }) }
     }
 
     pub fn take(&self) -> EventVerdict {
@@ -136,14 +141,16 @@ impl EventBucket {
         s.refilled = now;
         if s.tokens >= 1.0 {
             s.tokens -= 1.0;
-            if s.tokens >= self.rate {
-                s.strikes = 0;
-            }
             return EventVerdict::Allow;
         }
-        s.strikes += 1;
-        // Refused events worth five seconds of the allowed rate: this is not a burst, it is abuse.
-        if s.strikes as f64 > 5.0 * self.rate {
+        if now.duration_since(s.window_started) > ABUSE_WINDOW {
+            s.window_started = now;
+            s.refused = 0;
+        }
+        s.refused += 1;
+        // Refused events worth twenty seconds of the allowed rate (and at least 50) within ten
+        // seconds: not a burst, a flood.
+        if s.refused as f64 > (20.0 * self.rate).max(50.0) {
             EventVerdict::Disconnect
         } else {
             EventVerdict::Refuse
@@ -183,9 +190,10 @@ mod tests {
     #[test]
     fn event_bucket_allows_a_burst_then_refuses_then_disconnects() {
         let bucket = EventBucket::new(2);
-        let verdicts: Vec<EventVerdict> = (0..20).map(|_| bucket.take()).collect();
+        let verdicts: Vec<EventVerdict> = (0..60).map(|_| bucket.take()).collect();
         assert_eq!(verdicts.iter().filter(|v| **v == EventVerdict::Allow).count(), 4, "burst = 2x rate");
         assert_eq!(verdicts[4], EventVerdict::Refuse);
-        assert_eq!(verdicts[19], EventVerdict::Disconnect);
+        assert_eq!(verdicts[53], EventVerdict::Refuse, "50 refusals are still a burst");
+        assert_eq!(verdicts[54], EventVerdict::Disconnect);
     }
 }

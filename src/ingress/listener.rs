@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 
 use super::decode::{self, DecodeError, Decoded, Limits};
 use crate::cluster::driver::ResilientDriver;
-use crate::delivery::{Delivery, DeliveryError, Scope};
+use crate::delivery::{Delivery, DeliveryError, Origin, Scope};
 
 /// Pattern subscriptions besides the python channels.
 const NODE_EMIT: &str = "socket.io#";
@@ -100,7 +100,8 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, python_channels: V
         let outcome = match source.decode(&channel, &payload, &limits) {
             Ok(Decoded::Command(command)) => {
                 let key = occurrences.key(&channel, &payload);
-                match delivery.apply(command, Scope::Local, source.label(), Some(&key)).await {
+                let origin = Origin { scope: Scope::Local, source: source.label(), dedup_key: Some(&key), nid: None };
+                match delivery.apply(command, origin).await {
                     Ok(_) => {
                         delivery.metrics().observe("herald_ingress_latency_seconds", &[("source", source.label())], received.elapsed().as_secs_f64());
                         "delivered"

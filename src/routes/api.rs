@@ -15,7 +15,7 @@ use axum::Json;
 use serde_json::{json, Map, Value as Json_};
 
 use super::ApiError;
-use crate::delivery::{Command, Scope, Target};
+use crate::delivery::{Command, Origin, Target};
 use crate::notification::{iso_now, Notification, EVENT};
 use crate::payload::{Args, Value};
 use crate::replay::{HistoryQuery, Inbox, ReadRequest};
@@ -159,15 +159,15 @@ pub async fn notify(State(state): State<Arc<AppState>>, body: Bytes) -> Result<i
         Recipients::Broadcast => vec![("broadcast".to_string(), vec![])],
         Recipients::Rooms(rooms) => rooms.into_iter().map(|r| (r.clone(), vec![r])).collect(),
     };
-    let mut ids = Vec::with_capacity(deliveries.len());
+    // One notification, one id: each recipient's copy (with its own `channel`) shares it.
+    let mut id = None;
     for (channel, rooms) in deliveries {
         let args = Args::one(notification.envelope(&timestamp, &channel));
         let command = Command::Emit { target: Target::rooms(&namespace, rooms), event: EVENT.into(), args };
-        let nid = state.delivery.apply(command, Scope::Cluster, "http", None).await.map_err(unavailable)?;
-        ids.push(nid.map(|n| n.to_string()));
+        let origin = Origin { nid: id, ..Origin::http() };
+        id = id.or(state.delivery.apply(command, origin).await.map_err(unavailable)?);
     }
-    // One id per recipient room; `id` is the first (the only one for a single recipient).
-    Ok((StatusCode::ACCEPTED, Json(json!({ "id": ids[0], "ids": ids }))))
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id.map(|id| id.to_string()) }))))
 }
 
 fn unavailable(e: crate::delivery::DeliveryError) -> ApiError {
@@ -196,7 +196,7 @@ pub async fn emit(State(state): State<Arc<AppState>>, body: Bytes) -> Result<imp
         except: string_list(body.get("except"), "except")?,
     };
     let command = Command::Emit { target, event, args: Args(args) };
-    state.delivery.apply(command, Scope::Cluster, "http", None).await.map_err(unavailable)?;
+    state.delivery.apply(command, Origin::http()).await.map_err(unavailable)?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))))
 }
 
@@ -240,7 +240,7 @@ fn store_down(e: crate::store::StoreError) -> ApiError {
 pub async fn disconnect_user(State(state): State<Arc<AppState>>, Path(user): Path<String>) -> Result<impl IntoResponse, ApiError> {
     for namespace in &state.settings.socketio.namespaces {
         let command = Command::Disconnect { target: Target::rooms(namespace, vec![user_room(&user)]) };
-        state.delivery.apply(command, Scope::Cluster, "http", None).await.map_err(unavailable)?;
+        state.delivery.apply(command, Origin::http()).await.map_err(unavailable)?;
     }
     Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))))
 }

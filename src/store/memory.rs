@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::{Entry, ReadState, Store, StoreError, StreamId};
+use super::{Entry, ReadState, Store, StoreError, Stored, StreamId};
 use crate::notification::now_ms;
-use crate::payload::Args;
-
 pub struct MemoryStore {
     max_len: usize,
     max_age: Duration,
@@ -46,23 +44,18 @@ impl Inner {
 }
 
 impl Store for MemoryStore {
-    fn append<'a>(
-        &'a self,
-        namespace: &'a str,
-        rooms: &'a [String],
-        event: &'a str,
-        args: &'a Args,
-        dedup_key: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<StreamId, StoreError>> {
+    fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<StreamId, StoreError>> {
         Box::pin(async move {
+            let Stored { event, args, dedup_key, nid } = emit;
             let mut inner = self.lock();
             if let Some(nid) = dedup_key.and_then(|k| inner.dedup.get(k)) {
                 return Ok(*nid);
             }
-            let nid = inner.next_id();
+            let first_id = inner.next_id();
+            let nid = nid.unwrap_or(first_id);
             let oldest_kept = StreamId::new(now_ms().saturating_sub(self.max_age.as_millis() as u64), 0);
             for room in rooms {
-                let id = if room == &rooms[0] { nid } else { inner.next_id() };
+                let id = if room == &rooms[0] { first_id } else { inner.next_id() };
                 let entry = Entry { nid, event: event.to_string(), args: args.clone() };
                 let stream = inner.streams.entry((namespace.to_string(), room.clone())).or_default();
                 stream.push_back((id, entry));
@@ -147,18 +140,22 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::payload::Value;
+    use crate::payload::{Args, Value};
     use crate::store::merged_range;
 
     fn args(n: i64) -> Args {
         Args::one(Value::Object(vec![("n".into(), Value::Int(n))]))
     }
 
+    fn emit<'a>(args: &'a Args, dedup_key: Option<&'a str>) -> Stored<'a> {
+        Stored { event: "notification", args, dedup_key, nid: None }
+    }
+
     #[tokio::test]
     async fn one_emit_to_several_rooms_reads_back_once() {
         let store = MemoryStore::new(10, Duration::from_secs(60));
         let rooms = vec!["user_1".to_string(), "role_a".to_string()];
-        let nid = store.append("/", &rooms, "notification", &args(1), None).await.unwrap();
+        let nid = store.append("/", &rooms, emit(&args(1), None)).await.unwrap();
         let merged = merged_range(&store, "/", &rooms, None).await.unwrap();
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].nid, nid);
@@ -169,11 +166,11 @@ mod tests {
     async fn dedup_key_stores_once_and_caps_hold() {
         let store = MemoryStore::new(3, Duration::from_secs(60));
         let rooms = vec!["user_1".to_string()];
-        let a = store.append("/", &rooms, "notification", &args(1), Some("k")).await.unwrap();
-        let b = store.append("/", &rooms, "notification", &args(1), Some("k")).await.unwrap();
+        let a = store.append("/", &rooms, emit(&args(1), Some("k"))).await.unwrap();
+        let b = store.append("/", &rooms, emit(&args(1), Some("k"))).await.unwrap();
         assert_eq!(a, b);
         for n in 2..10 {
-            store.append("/", &rooms, "notification", &args(n), None).await.unwrap();
+            store.append("/", &rooms, emit(&args(n), None)).await.unwrap();
         }
         let kept: BTreeMap<StreamId, Entry> = store.range("/", "user_1", None).await.unwrap().into_iter().map(|e| (e.nid, e)).collect();
         assert_eq!(kept.len(), 3);

@@ -77,6 +77,15 @@ pub struct Entry {
 #[error("store unavailable: {0}")]
 pub struct StoreError(pub String);
 
+/// One emit to store.
+#[derive(Debug, Clone, Copy)]
+pub struct Stored<'a> {
+    pub event: &'a str,
+    pub args: &'a Args,
+    pub dedup_key: Option<&'a str>,
+    pub nid: Option<StreamId>,
+}
+
 /// What Herald keeps per user: where replay resumes and what was read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReadState {
@@ -87,17 +96,12 @@ pub struct ReadState {
 }
 
 pub trait Store: Send + Sync + 'static {
-    /// Appends one emit to the streams of `rooms` (all in `namespace`) and returns its id. With a
-    /// `dedup_key`, a second append under the same key returns the first id and stores nothing:
-    /// that is how N instances receiving the same pub/sub message store it once.
-    fn append<'a>(
-        &'a self,
-        namespace: &'a str,
-        rooms: &'a [String],
-        event: &'a str,
-        args: &'a Args,
-        dedup_key: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<StreamId, StoreError>>;
+    /// Appends one emit to the streams of `rooms` (all in `namespace`) and returns its id: the
+    /// first entry's id, or `nid` when given (one notification sent as several emits, e.g. to
+    /// several users with their own `channel`, keeps one id). With a `dedup_key`, a second
+    /// append under the same key returns the first id and stores nothing: that is how N
+    /// instances receiving the same pub/sub message store it once.
+    fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<StreamId, StoreError>>;
 
     /// Entries of one room's stream with an id above `after` (all when `None`), oldest first.
     fn range<'a>(&'a self, namespace: &'a str, room: &'a str, after: Option<StreamId>) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>>;

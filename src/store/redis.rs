@@ -5,8 +5,8 @@
 //! that id back and append nothing. Every call has short timeouts so that a Redis outage costs
 //! an error (counted by the caller) and never blocks live delivery.
 //!
-//! Keys: `herald:stream:<ns>:<room>` (fields `nid`, `event`, `args`; `nid` empty on the first
-//! stream of an emit, meaning "this entry's own id"), `herald:dedup:<key>`, `herald:seen:<user>`,
+//! Keys: `herald:stream:<ns>:<room>` (fields `nid`, `event`, `args`; `nid` empty means "this
+//! entry's own id", as on the first stream of an emit), `herald:dedup:<key>`, `herald:seen:<user>`,
 //! `herald:read:<user>` (string: read up to), `herald:read:<user>:ids` (set) and
 //! `herald:rooms:<user>` (JSON list of the persisted rooms the user's token granted).
 
@@ -19,9 +19,9 @@ use tokio::sync::watch;
 
 use crate::cluster::redis_state::RedisState;
 
-use super::{Entry, ReadState, Store, StoreError, StreamId};
+use super::{Entry, ReadState, Store, StoreError, Stored, StreamId};
 use crate::notification::now_ms;
-use crate::payload::{stored, Args};
+use crate::payload::stored;
 
 /// How long a dedup key is remembered: longer than any pub/sub message takes to reach every
 /// instance.
@@ -33,7 +33,7 @@ if dedup ~= '' then
   local existing = redis.call('GET', dedup)
   if existing then return existing end
 end
-local nid = ''
+local nid = ARGV[7]
 for i = 2, #KEYS do
   local id = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[3], '*', 'nid', nid, 'event', ARGV[1], 'args', ARGV[2])
   redis.call('XTRIM', KEYS[i], 'MINID', '~', ARGV[4])
@@ -105,15 +105,9 @@ fn parse_id(text: &str) -> Result<StreamId, StoreError> {
 }
 
 impl Store for RedisStore {
-    fn append<'a>(
-        &'a self,
-        namespace: &'a str,
-        rooms: &'a [String],
-        event: &'a str,
-        args: &'a Args,
-        dedup_key: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<StreamId, StoreError>> {
+    fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<StreamId, StoreError>> {
         Box::pin(async move {
+            let Stored { event, args, dedup_key, nid } = emit;
             let mut invocation = self.append.prepare_invoke();
             invocation.key(dedup_key.map(|k| format!("herald:dedup:{k}")).unwrap_or_default());
             for room in rooms {
@@ -126,7 +120,8 @@ impl Store for RedisStore {
                 .arg(self.max_len)
                 .arg(format!("{oldest_kept}-0"))
                 .arg(DEDUP_TTL_SECS)
-                .arg(self.max_age.as_millis() as u64 + 60_000);
+                .arg(self.max_age.as_millis() as u64 + 60_000)
+                .arg(nid.map(|n| n.to_string()).unwrap_or_default());
             let nid: String = invocation.invoke_async(&mut self.conn()?).await.map_err(failed)?;
             parse_id(&nid)
         })
