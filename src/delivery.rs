@@ -251,6 +251,7 @@ struct Inner {
     gate: tokio::sync::RwLock<()>,
     sequence: AtomicU64,
     recent: Mutex<Recent>,
+    last_local_id: Mutex<StreamId>,
 }
 
 impl Delivery {
@@ -265,6 +266,7 @@ impl Delivery {
                 gate: tokio::sync::RwLock::new(()),
                 sequence: AtomicU64::new(0),
                 recent: Mutex::new(Recent::default()),
+                last_local_id: Mutex::new(StreamId::default()),
             }),
         }
     }
@@ -295,7 +297,12 @@ impl Delivery {
             Command::Emit { target, event, args } => {
                 let streams = self.inner.persist.streams(event, &target.rooms);
                 if streams.is_empty() {
-                    self.apply_plain(&command, scope).await.map(|_| None)
+                    // Not stored; it still carries the id its notification was given.
+                    let mut command = command.clone();
+                    if let (Some(nid), Command::Emit { args, .. }) = (nid, &mut command) {
+                        stamp_id(args, nid);
+                    }
+                    self.apply_plain(&command, scope).await.map(|_| nid)
                 } else {
                     let emit = Stored { event, args, dedup_key, nid };
                     let nid = self.store_once(&target.namespace, &streams, emit).await;
@@ -339,7 +346,7 @@ impl Delivery {
             Err(e) => {
                 self.inner.metrics.inc("herald_stored_total", &[("outcome", "failed")]);
                 tracing::warn!(error = %e, "notification not stored: delivering live only");
-                emit.nid.unwrap_or_else(|| StreamId::new(crate::notification::now_ms(), 0))
+                emit.nid.unwrap_or_else(|| self.local_id())
             }
         }
     }
@@ -375,6 +382,15 @@ impl Delivery {
             recent.forget_old();
         }
         self.inner.sockets.apply(&Command::Emit { target, event, args }, Scope::Local).await
+    }
+
+    /// A sortable id made on this instance, for notifications that are not (or could not be)
+    /// stored: `<now ms>-<seq>`, increasing.
+    pub fn local_id(&self) -> StreamId {
+        let now = crate::notification::now_ms();
+        let mut last = self.inner.last_local_id.lock().unwrap_or_else(|e| e.into_inner());
+        *last = if now > last.ms { StreamId::new(now, 0) } else { StreamId::new(last.ms, last.seq + 1) };
+        *last
     }
 
     pub(crate) fn gate(&self) -> &tokio::sync::RwLock<()> {

@@ -159,8 +159,10 @@ pub async fn notify(State(state): State<Arc<AppState>>, body: Bytes) -> Result<i
         Recipients::Broadcast => vec![("broadcast".to_string(), vec![])],
         Recipients::Rooms(rooms) => rooms.into_iter().map(|r| (r.clone(), vec![r])).collect(),
     };
-    // One notification, one id: each recipient's copy (with its own `channel`) shares it.
-    let mut id = None;
+    // One notification, one id: each recipient's copy (with its own `channel`) shares it. The
+    // store assigns it; a notification to rooms that are not stored gets one made here.
+    let stored = deliveries.iter().any(|(_, rooms)| !state.delivery.persist().streams(EVENT, rooms).is_empty());
+    let mut id = (!stored).then(|| state.delivery.local_id());
     for (channel, rooms) in deliveries {
         let args = Args::one(notification.envelope(&timestamp, &channel));
         let command = Command::Emit { target: Target::rooms(&namespace, rooms), event: EVENT.into(), args };
