@@ -81,6 +81,7 @@ impl Application {
             tasks.push(tokio::spawn(listener::run(driver, state.delivery.clone(), channels, limits, state.ingress.clone())));
         }
         tasks.push(tokio::spawn(keep_seen_marks(state.clone())));
+        tasks.push(tokio::spawn(heartbeat(state.clone())));
         Ok(Application { listener, router, state, tasks })
     }
 
@@ -156,6 +157,7 @@ fn assemble<A: Adapter + DefinedAdapter>(
     socket::register(&io, state.clone());
     let router = routes::router(state.clone())
         .layer(socket_layer)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), routes::origin::enforce_origin))
         .layer(cors_layer(&state.settings.server.cors_origins)?);
     let tasks = vec![tokio::spawn(watch_redis(state.clone()))];
     Ok((router, state, tasks))
@@ -177,10 +179,23 @@ async fn watch_redis(state: Arc<AppState>) {
     loop {
         if *states.borrow_and_update() == crate::cluster::redis_state::RedisState::Up {
             state.mark_redis_reached();
+            if let Some(presence) = &state.presence {
+                presence.heartbeat().await;
+            }
         }
         if states.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Keeps this instance's presence counts counted (cluster mode).
+async fn heartbeat(state: Arc<AppState>) {
+    let Some(presence) = &state.presence else { return };
+    let mut ticker = tokio::time::interval(crate::cluster::presence::HEARTBEAT_EVERY);
+    loop {
+        ticker.tick().await;
+        presence.heartbeat().await;
     }
 }
 

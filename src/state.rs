@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::auth::Verifier;
 use crate::cluster::driver::ResilientDriver;
+use crate::cluster::presence::Presence;
 use crate::configuration::Settings;
 use crate::delivery::Delivery;
 use crate::ingress::listener::IngressStatus;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub started_at: Instant,
     /// The Redis connection of cluster mode (`None` in the embedded default).
     pub redis: Option<ResilientDriver>,
+    /// Cluster-wide socket counts per user (cluster mode only).
+    pub presence: Option<Presence>,
     pub ingress: Arc<IngressStatus>,
     redis_reached: AtomicBool,
     draining: AtomicBool,
@@ -34,8 +37,14 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(settings: Settings, verifier: Verifier, delivery: Delivery, metrics: Arc<Metrics>, redis: Option<ResilientDriver>) -> AppState {
+        let node_id = settings.server.node_id();
+        let presence = redis.as_ref().and_then(|driver| {
+            Presence::new(&settings.redis.url, driver.watch_state(), &node_id)
+                .map_err(|e| tracing::error!(error = %e, "presence unavailable"))
+                .ok()
+        });
         AppState {
-            node_id: settings.server.node_id(),
+            node_id,
             room_policy: RoomPolicy::new(&settings.rooms.joinable, settings.rooms.max_name_bytes),
             connections: ConnectionCounts::default(),
             connect_rate: ConnectRate::new(settings.limits.connects_per_ip_per_minute),
@@ -45,6 +54,7 @@ impl AppState {
             delivery,
             metrics,
             started_at: Instant::now(),
+            presence,
             redis,
             ingress: Arc::default(),
             redis_reached: AtomicBool::new(false),

@@ -159,3 +159,57 @@ async fn redis_ingress_is_stored_once_and_replayed_on_another_instance() {
         assert!(metrics.contains(&format!("herald_ingress_messages_total{{source=\"{source}\",outcome=\"malformed\"}} 1")), "{source}: {metrics}");
     }
 }
+
+#[tokio::test]
+async fn the_per_user_connection_limit_holds_across_instances() {
+    let redis = RedisServer::running();
+    let url = redis.url();
+    let limit = [("HERALD__LIMITS__MAX_CONNECTIONS_PER_USER", "2")];
+    let (a, b, c) = tokio::join!(
+        HeraldProcess::start_with("a", &url, &limit),
+        HeraldProcess::start_with("b", &url, &limit),
+        HeraldProcess::start_with("c", &url, &limit)
+    );
+    for instance in [&a, &b, &c] {
+        instance.wait_health("redis up", |h| h["redis"] == "up").await;
+    }
+    let first = client(&a, "1").await;
+    let _second = client(&b, "1").await;
+    let token = mint_dev_token(SECRET, "1", None, &[], 3600).unwrap();
+    let third = TestClient::connect(c.addr(), &format!("token={token}"), None, "/").await.err();
+    assert_eq!(third.as_deref(), Some("too many connections"));
+    // A place freed anywhere can be taken anywhere.
+    first.disconnect().await;
+    a.wait_health("the socket gone", |h| h["connections"] == 0).await;
+    let mut retry = Err(String::new());
+    for _ in 0..20 {
+        retry = TestClient::connect(c.addr(), &format!("token={token}"), None, "/").await;
+        if retry.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(retry.is_ok(), "{:?}", retry.err());
+}
+
+#[tokio::test]
+async fn nothing_stored_is_lost_when_every_instance_restarts() {
+    let redis = RedisServer::running();
+    let [a, b, c] = three_instances(&redis).await;
+    let mut tab = client(&a, "3").await;
+    let first = a.post("/api/v1/notify", json!({ "to": { "user": 3 }, "type": "t", "message": "seen" })).await.1;
+    let first_id = tab.next_notification().await.unwrap()["id"].as_str().unwrap().to_string();
+    assert_eq!(first["id"], first_id.as_str());
+    tab.disconnect().await;
+    let missed = b.post("/api/v1/notify", json!({ "to": { "user": 3 }, "type": "t", "message": "missed" })).await.1;
+    drop((a, b, c));
+
+    let d = HeraldProcess::start("d", &redis.url()).await;
+    d.wait_health("redis up", |h| h["redis"] == "up").await;
+    let token = mint_dev_token(SECRET, "3", None, &[], 3600).unwrap();
+    let auth = json!({ "token": token, "last_id": first_id });
+    let mut device = TestClient::connect(d.addr(), "", Some(auth), "/").await.unwrap();
+    let n = device.next_notification().await.expect("stored notification survives the restart");
+    assert_eq!((n["id"].clone(), n["message"].clone()), (missed["id"].clone(), json!("missed")));
+    assert!(device.receives_nothing("notification", QUIET).await);
+}

@@ -34,6 +34,7 @@
 //! `io.local().to(room).emit(..)` instead.
 
 pub mod driver;
+pub mod presence;
 pub mod redis_state;
 pub mod relay;
 

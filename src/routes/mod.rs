@@ -2,6 +2,7 @@
 
 mod api;
 mod health;
+pub mod origin;
 
 use std::sync::Arc;
 

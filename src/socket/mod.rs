@@ -41,7 +41,7 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, state: Arc<AppSta
             let state = state.clone();
             move |socket: SocketRef<A>, TryData(auth): TryData<serde_json::Value>| {
                 let state = state.clone();
-                async move { authenticate(&state, &socket, auth.ok()) }
+                async move { authenticate(&state, &socket, auth.ok()).await }
             }
         };
         // With the Redis adapter this subscribes the namespace's channels in the background.
@@ -50,8 +50,8 @@ pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, state: Arc<AppSta
 }
 
 /// The connect middleware: refuses with a SPEC §2 message, or stores the socket's [`Identity`].
-fn authenticate<A: Adapter>(state: &AppState, socket: &SocketRef<A>, auth: Option<serde_json::Value>) -> Result<(), Refusal> {
-    let result = check_connect(state, socket, auth);
+async fn authenticate<A: Adapter>(state: &AppState, socket: &SocketRef<A>, auth: Option<serde_json::Value>) -> Result<(), Refusal> {
+    let result = check_connect(state, socket, auth).await;
     if let Err(refusal) = result {
         state.metrics.inc("herald_refusals_total", &[("reason", refusal.as_str())]);
         tracing::debug!(sid = %socket.id, ns = socket.ns(), %refusal, "connection refused");
@@ -59,7 +59,7 @@ fn authenticate<A: Adapter>(state: &AppState, socket: &SocketRef<A>, auth: Optio
     result
 }
 
-fn check_connect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, auth: Option<serde_json::Value>) -> Result<(), Refusal> {
+async fn check_connect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, auth: Option<serde_json::Value>) -> Result<(), Refusal> {
     if state.is_draining() {
         return Err(Refusal::ServerFull);
     }
@@ -72,8 +72,16 @@ fn check_connect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, auth: Opti
     let authorization = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     identify(state, socket, auth, parts.uri.query(), authorization)?;
     let user = socket.extensions.get::<Identity>().map(|i| i.user_id);
+    if let (Some(user), Some(presence)) = (&user, &state.presence) {
+        if presence.count(user).await.is_some_and(|n| n >= state.settings.limits.max_connections_per_user as u64) {
+            return Err(Refusal::TooManyConnections);
+        }
+    }
     state.connections.try_add(user.as_deref(), &state.settings.limits)?;
     socket.extensions.insert(Counted);
+    if let (Some(user), Some(presence)) = (&user, &state.presence) {
+        presence.add(user, 1).await;
+    }
     Ok(())
 }
 
@@ -188,7 +196,11 @@ async fn on_disconnect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, reas
     tracing::debug!(sid = %socket.id, %reason, "disconnected");
     let identity = socket.extensions.get::<Identity>();
     if socket.extensions.remove::<Counted>().is_some() {
-        state.connections.remove(identity.as_ref().map(|i| i.user_id.as_str()));
+        let user = identity.as_ref().map(|i| i.user_id.as_str());
+        state.connections.remove(user);
+        if let (Some(user), Some(presence)) = (user, &state.presence) {
+            presence.add(user, -1).await;
+        }
     }
     let Some(identity) = identity else { return };
     let clean = matches!(

@@ -18,8 +18,14 @@ pub struct HeraldProcess {
 impl HeraldProcess {
     /// Starts an instance sharing `redis_url` and waits until it answers `/health`.
     pub async fn start(node_id: &str, redis_url: &str) -> HeraldProcess {
+        Self::start_with(node_id, redis_url, &[]).await
+    }
+
+    /// Like `start`, with more `HERALD__*` settings.
+    pub async fn start_with(node_id: &str, redis_url: &str, settings: &[(&str, &str)]) -> HeraldProcess {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let process = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .envs(settings.iter().copied())
             .env("HERALD__SERVER__HOST", "127.0.0.1")
             .env("HERALD__SERVER__PORT", port.to_string())
             .env("HERALD__SERVER__NODE_ID", node_id)
