@@ -131,7 +131,7 @@ async fn history_and_read_state_over_the_socket_and_http() {
     let read = client.call("notifications:read", &[json!({ "up_to": sorted[1] })]).await;
     assert_eq!(read, json!({ "ok": true, "unread": 1 }));
     for bad in [json!({}), json!({ "ids": [5] }), json!("x"), json!({ "up_to": "nope" })] {
-        assert_eq!(client.call("notifications:read", &[bad.clone()]).await["ok"], false, "{bad}");
+        assert_eq!(client.call("notifications:read", std::slice::from_ref(&bad)).await["ok"], false, "{bad}");
     }
     assert_eq!(client.call("notifications:history", &[json!({ "limit": -1 })]).await["ok"], false);
 

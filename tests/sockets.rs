@@ -55,7 +55,7 @@ async fn room_join_follows_the_policy() {
     assert_eq!(client.call("room:join", &[json!("x".repeat(10_000))]).await, err("room name longer than 200 bytes"));
     assert_eq!(client.call("room:join", &[json!("test-progress-\u{7}")]).await, err("room name contains control characters"));
     for bad in [json!(12), json!(null), json!(["a"]), json!({ "name": "a" })] {
-        let answer = client.call("room:join", &[bad.clone()]).await;
+        let answer = client.call("room:join", std::slice::from_ref(&bad)).await;
         assert_eq!(answer["ok"], false, "{bad}");
     }
     assert_eq!(client.call("room:join", &[]).await["ok"], false, "no argument");

@@ -5,6 +5,7 @@
 //! answers malformed input with an error ack `{"ok":false,"error":...}` and keeps
 //! the connection open: a bad payload from one client costs that client an error, nothing more.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -22,69 +23,12 @@ use crate::state::AppState;
 const KNOWN_EVENTS: [&str; 6] = ["room:join", "room:leave", "ping", "notifications:history", "notifications:read", "auth:refresh"];
 
 pub fn register<A: Adapter>(socket: &SocketRef<A>, state: Arc<AppState>) {
-    let st = state.clone();
-    socket.on("room:join", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
-        let st = st.clone();
-        async move {
-            let result = match admit(&st, &s, "room:join") {
-                Ok(()) => room_join(&st, &s, data.ok()),
-                Err(e) => Err(e),
-            };
-            answer(ack, result);
-        }
-    });
-    let st = state.clone();
-    socket.on("room:leave", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
-        let st = st.clone();
-        async move {
-            let result = match admit(&st, &s, "room:leave") {
-                Ok(()) => room_leave(&st, &s, data.ok()),
-                Err(e) => Err(e),
-            };
-            answer(ack, result);
-        }
-    });
-    let st = state.clone();
-    socket.on("ping", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
-        let st = st.clone();
-        async move {
-            let result = match admit(&st, &s, "ping") {
-                Ok(()) => ping(&s, data.ok()),
-                Err(e) => Err(e),
-            };
-            answer(ack, result);
-        }
-    });
-    let st = state.clone();
-    socket.on("auth:refresh", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
-        let st = st.clone();
-        async move {
-            let result = admit(&st, &s, "auth:refresh").and_then(|()| super::session::refresh(&st, &s, data.ok()));
-            answer(ack, result);
-        }
-    });
-    let st = state.clone();
-    socket.on("notifications:history", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
-        let st = st.clone();
-        async move {
-            let result = match admit(&st, &s, "notifications:history") {
-                Ok(()) => history(&st, &s, data.ok()).await,
-                Err(e) => Err(e),
-            };
-            answer(ack, result);
-        }
-    });
-    let st = state.clone();
-    socket.on("notifications:read", move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
-        let st = st.clone();
-        async move {
-            let result = match admit(&st, &s, "notifications:read") {
-                Ok(()) => mark_read(&st, &s, data.ok()).await,
-                Err(e) => Err(e),
-            };
-            answer(ack, result);
-        }
-    });
+    on(socket, &state, "room:join", |st, s, data| async move { room_join(&st, &s, data) });
+    on(socket, &state, "room:leave", |st, s, data| async move { room_leave(&st, &s, data) });
+    on(socket, &state, "ping", |_, s, data| async move { ping(&s, data) });
+    on(socket, &state, "auth:refresh", |st, s, data| async move { super::session::refresh(&st, &s, data) });
+    on(socket, &state, "notifications:history", |st, s, data| async move { history(&st, &s, data).await });
+    on(socket, &state, "notifications:read", |st, s, data| async move { mark_read(&st, &s, data).await });
     socket.on_fallback(move |s: SocketRef<A>, Event(event): Event, ack: AckSender<A>| {
         let state = state.clone();
         async move {
@@ -92,6 +36,27 @@ pub fn register<A: Adapter>(socket: &SocketRef<A>, state: Arc<AppState>) {
                 tracing::debug!(sid = %s.id, event = %truncate(&event, 64), "unknown event");
                 Err("unknown event".to_string())
             });
+            answer(ack, result);
+        }
+    });
+}
+
+/// Serves `event`: the limiter first, then `handler` with the first argument (if it is JSON),
+/// and its result as the ack.
+fn on<A, H, F>(socket: &SocketRef<A>, state: &Arc<AppState>, event: &'static str, handler: H)
+where
+    A: Adapter,
+    H: Fn(Arc<AppState>, SocketRef<A>, Option<Value>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Result<Value, String>> + Send + 'static,
+{
+    let state = state.clone();
+    socket.on(event, move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
+        let (state, handler) = (state.clone(), handler.clone());
+        async move {
+            let result = match admit(&state, &s, event) {
+                Ok(()) => handler(state.clone(), s.clone(), data.ok()).await,
+                Err(e) => Err(e),
+            };
             answer(ack, result);
         }
     });

@@ -206,6 +206,12 @@ impl TestClient {
         self.ws.send(Message::Text(text.into())).await.expect("frame sent");
     }
 
+    /// Sends a frame; false once the server has closed the connection (as it does after a
+    /// malformed packet).
+    pub async fn try_send(&mut self, text: &str) -> bool {
+        self.ws.send(Message::Text(text.into())).await.is_ok()
+    }
+
     pub async fn send_binary(&mut self, bytes: Vec<u8>) {
         let _ = self.ws.send(Message::Binary(bytes.into())).await;
     }
