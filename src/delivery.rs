@@ -212,8 +212,10 @@ impl PersistPolicy {
     }
 }
 
-/// How long the record of recent local applies is kept for replays that race with them.
+/// How long, and how many of, the recent local applies are kept for replays that race with
+/// them. A replay needs only those since its socket joined, milliseconds earlier.
 const RECENT_WINDOW: Duration = Duration::from_secs(60);
+const RECENT_MAX: usize = 100_000;
 
 /// Bookkeeping shared by stored emits and replays (see [`crate::replay`]).
 #[derive(Default)]
@@ -227,7 +229,7 @@ pub(crate) struct Recent {
 impl Recent {
     fn forget_old(&mut self) {
         let now = Instant::now();
-        while self.applied.front().is_some_and(|(_, _, at)| now.duration_since(*at) > RECENT_WINDOW) {
+        while self.applied.len() > RECENT_MAX || self.applied.front().is_some_and(|(_, _, at)| now.duration_since(*at) > RECENT_WINDOW) {
             self.applied.pop_front();
         }
         if self.replayed.len() > 1024 {
