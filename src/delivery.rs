@@ -194,13 +194,17 @@ impl PersistPolicy {
 
     /// The streams an emit of `event` to `rooms` is stored in (empty: not stored).
     pub fn streams(&self, event: &str, rooms: &[String]) -> Vec<String> {
-        if !self.events.iter().any(|e| e == event) {
+        if !self.stores_event(event) {
             return vec![];
         }
         if rooms.is_empty() {
             return if self.broadcasts { vec![BROADCAST_STREAM.to_string()] } else { vec![] };
         }
         rooms.iter().filter(|r| self.persists_room(r)).cloned().collect()
+    }
+
+    pub fn stores_event(&self, event: &str) -> bool {
+        self.events.iter().any(|e| e == event)
     }
 
     pub fn persists_room(&self, room: &str) -> bool {
@@ -295,6 +299,12 @@ impl Delivery {
     pub async fn apply(&self, command: Command, origin: Origin<'_>) -> Result<Option<StreamId>, DeliveryError> {
         let Origin { scope, source, dedup_key, nid } = origin;
         let kind = command.kind();
+        let started = Instant::now();
+        if let Command::Emit { event, .. } = &command {
+            // Label values from a fixed set: backends choose event names freely.
+            let label = if self.inner.persist.stores_event(event) { event.as_str() } else { "other" };
+            self.inner.metrics.inc("herald_events_out_total", &[("event", label)]);
+        }
         let result = match &command {
             Command::Emit { target, event, args } => {
                 let streams = self.inner.persist.streams(event, &target.rooms);
@@ -319,6 +329,7 @@ impl Delivery {
             Err(DeliveryError::Socket(_)) => "failed",
         };
         self.inner.metrics.inc("herald_commands_total", &[("source", source), ("kind", kind), ("outcome", outcome)]);
+        self.inner.metrics.observe("herald_delivery_latency_seconds", &[("source", source)], started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::warn!(source, kind, error = %e, "command not delivered");
         }

@@ -96,16 +96,12 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, python_channels: V
     while let Some((channel, payload)) = subscription.next().await {
         status.touch();
         let Some(source) = Source::of(&channel, &python_channels) else { continue };
-        let received = Instant::now();
         let outcome = match source.decode(&channel, &payload, &limits) {
             Ok(Decoded::Command(command)) => {
                 let key = occurrences.key(&channel, &payload);
                 let origin = Origin { scope: Scope::Local, source: source.label(), dedup_key: Some(&key), nid: None };
                 match delivery.apply(command, origin).await {
-                    Ok(_) => {
-                        delivery.metrics().observe("herald_ingress_latency_seconds", &[("source", source.label())], received.elapsed().as_secs_f64());
-                        "delivered"
-                    }
+                    Ok(_) => "delivered",
                     Err(DeliveryError::UnknownNamespace(_)) => "unknown_namespace",
                     Err(DeliveryError::Socket(_)) => "failed",
                 }
