@@ -102,6 +102,7 @@ async fn rs256_with_a_public_key_and_no_algorithm_confusion() {
     assert!(client.is_ok(), "{:?}", client.err());
 
     let confused = encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&std::fs::read(&public).unwrap())).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     let refused = TestClient::connect(app.addr, &format!("token={confused}"), None, "/").await.err();
     assert_eq!(refused.as_deref(), Some("invalid token"));
 }
