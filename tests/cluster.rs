@@ -126,14 +126,16 @@ async fn an_instance_started_without_redis_serves_locally_and_becomes_ready() {
 #[tokio::test]
 async fn redis_ingress_is_stored_once_and_replayed_on_another_instance() {
     let redis = RedisServer::running();
-    let [a, b, c] = three_instances(&redis).await;
+    let [mut a, b, c] = three_instances(&redis).await;
     // The user was online on A, then left.
     client(&a, "7").await.disconnect().await;
     a.wait_health("no sockets", |h| h["connections"] == 0).await;
 
     let mut expected = vec![];
-    let (_, body) = b.post("/api/v1/notify", json!({ "to": { "user": 7 }, "type": "t", "message": "via http" })).await;
-    expected.push(body["id"].as_str().unwrap().to_string());
+    for (instance, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        let (_, body) = instance.post("/api/v1/notify", json!({ "to": { "user": 7 }, "type": "t", "message": format!("via http {name}") })).await;
+        expected.push(body["id"].as_str().unwrap().to_string());
+    }
     redis.command(&["PUBLISH", "notify:user:7", r#"{"type":"t","message":"via notify"}"#]);
     let python = r#"{"method": "emit", "event": "notification", "data": [{"type": "t", "message": "via python"}], "binary": false, "namespace": "/", "room": "user_7", "skip_sid": null, "callback": null, "host_id": "x"}"#;
     redis.command(&["PUBLISH", "flask-socketio", python]);
@@ -142,17 +144,19 @@ async fn redis_ingress_is_stored_once_and_replayed_on_another_instance() {
         redis.command(&["PUBLISH", channel, "\u{1}garbage{"]);
     }
 
+    // The instance the user was on dies; the user comes back through another one.
+    a.kill();
     let mut tab = client(&c, "7").await;
     let mut messages = vec![];
     while let Ok(Some(n)) = tokio::time::timeout(Duration::from_secs(2), tab.next_notification()).await {
         messages.push(n["message"].as_str().unwrap().to_string());
     }
-    assert_eq!(messages, ["via http", "via notify", "via python"], "each once, in order");
+    assert_eq!(messages, ["via http a", "via http b", "via http c", "via notify", "via python"], "each once, in order");
 
-    let history = reqwest::Client::new().get(a.url("/api/v1/users/7/notifications")).bearer_auth(common::API_KEY).send().await.unwrap();
+    let history = reqwest::Client::new().get(b.url("/api/v1/users/7/notifications")).bearer_auth(common::API_KEY).send().await.unwrap();
     let history: serde_json::Value = history.json().await.unwrap();
-    assert_eq!(history["items"].as_array().unwrap().len(), 3, "stored once, not once per instance: {history}");
-    assert_eq!(history["items"][2]["id"], expected[0].as_str());
+    assert_eq!(history["items"].as_array().unwrap().len(), 5, "stored once, not once per instance: {history}");
+    assert_eq!(history["items"][4]["id"], expected[0].as_str());
 
     let metrics = reqwest::get(c.url("/metrics")).await.unwrap().text().await.unwrap();
     for source in ["python", "node", "notify"] {
