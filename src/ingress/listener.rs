@@ -127,8 +127,12 @@ fn truncate(channel: &str) -> &str {
     }
 }
 
-/// How long identical messages are counted as occurrences of one another.
-const OCCURRENCE_WINDOW: Duration = Duration::from_secs(120);
+/// How long identical messages are counted as occurrences of one another, from the last one
+/// seen. It equals the store's dedup key lifetime: a count restarts only after this long without
+/// the same message, by which time every key it could repeat has expired. An instance that
+/// starts less than this after an identical message was sent may count differently from the
+/// others for that message; the window is kept short for that reason.
+const OCCURRENCE_WINDOW: Duration = crate::store::redis::DEDUP_TTL;
 
 /// Counts recent identical messages to build dedup keys (see the module doc).
 #[derive(Default)]
@@ -139,7 +143,7 @@ struct Occurrences {
 impl Occurrences {
     fn key(&mut self, channel: &str, payload: &[u8]) -> String {
         let now = Instant::now();
-        if self.seen.len() > 50_000 {
+        if self.seen.len() > 10_000 {
             self.seen.retain(|_, (_, at)| now.duration_since(*at) < OCCURRENCE_WINDOW);
         }
         let hash = fnv1a(channel.as_bytes(), fnv1a(payload, 0xcbf2_9ce4_8422_2325));

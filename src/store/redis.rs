@@ -23,9 +23,10 @@ use super::{Entry, ReadState, Store, StoreError, Stored, StreamId};
 use crate::notification::now_ms;
 use crate::payload::stored;
 
-/// How long a dedup key is remembered: longer than any pub/sub message takes to reach every
-/// instance.
-const DEDUP_TTL_SECS: u64 = 300;
+/// How long a dedup key is remembered: far longer than a pub/sub message takes to reach every
+/// instance, short enough that the ingress's occurrence counts (which restart after the same
+/// quiet time) never meet an old key.
+pub const DEDUP_TTL: Duration = Duration::from_secs(10);
 
 const APPEND: &str = r#"
 local dedup = KEYS[1]
@@ -119,7 +120,7 @@ impl Store for RedisStore {
                 .arg(stored::encode(args))
                 .arg(self.max_len)
                 .arg(format!("{oldest_kept}-0"))
-                .arg(DEDUP_TTL_SECS)
+                .arg(DEDUP_TTL.as_secs())
                 .arg(self.max_age.as_millis() as u64 + 60_000)
                 .arg(nid.map(|n| n.to_string()).unwrap_or_default());
             let nid: String = invocation.invoke_async(&mut self.conn()?).await.map_err(failed)?;
