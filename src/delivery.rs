@@ -23,7 +23,7 @@ use crate::configuration::DeliverySettings;
 use crate::metrics::Metrics;
 use crate::payload::{Args, Value};
 use crate::rooms::Pattern;
-use crate::store::{Store, Stored, StreamId, BROADCAST_STREAM};
+use crate::store::{Dedup, Store, Stored, StreamId, BROADCAST_STREAM};
 
 /// Which sockets a command acts on: those of `namespace` in any of `rooms` (all of the namespace
 /// when `rooms` is empty) and in none of `except`.
@@ -163,7 +163,7 @@ pub struct Origin<'a> {
     /// The ingress, for `/metrics`: `http`, `python`, `node`, `notify`.
     pub source: &'static str,
     /// Identifies a message every instance receives (pub/sub ingress), so that it is stored once.
-    pub dedup_key: Option<&'a str>,
+    pub dedup: Option<Dedup<'a>>,
     /// The id to store under, when this emit is one part of a notification that already has one.
     pub nid: Option<StreamId>,
 }
@@ -171,7 +171,7 @@ pub struct Origin<'a> {
 impl Origin<'static> {
     /// A command that entered on this instance through the HTTP API.
     pub fn http() -> Origin<'static> {
-        Origin { scope: Scope::Cluster, source: "http", dedup_key: None, nid: None }
+        Origin { scope: Scope::Cluster, source: "http", dedup: None, nid: None }
     }
 }
 
@@ -297,7 +297,7 @@ impl Delivery {
     /// Applies `command`; `origin` says where it came from. Returns the notification id when
     /// the emit was stored.
     pub async fn apply(&self, command: Command, origin: Origin<'_>) -> Result<Option<StreamId>, DeliveryError> {
-        let Origin { scope, source, dedup_key, nid } = origin;
+        let Origin { scope, source, dedup, nid } = origin;
         let kind = command.kind();
         let started = Instant::now();
         if let Command::Emit { event, .. } = &command {
@@ -316,7 +316,7 @@ impl Delivery {
                     }
                     self.apply_plain(&command, scope).await.map(|_| nid)
                 } else {
-                    let emit = Stored { event, args, dedup_key, nid };
+                    let emit = Stored { event, args, dedup, nid };
                     let nid = self.store_once(&target.namespace, &streams, emit).await;
                     self.deliver_stored(nid, command.clone(), scope).await.map(|_| Some(nid))
                 }

@@ -168,7 +168,10 @@ fn build_store(settings: &Settings, redis: Option<&ResilientDriver>) -> anyhow::
     let max_age = Duration::from_secs(delivery.stream_max_age_secs);
     Ok(match redis {
         None => Arc::new(MemoryStore::new(delivery.stream_max_len, max_age)),
-        Some(driver) => Arc::new(RedisStore::new(&settings.redis.url, driver.watch_state(), delivery.stream_max_len, max_age)?),
+        Some(driver) => {
+            let node_id = settings.server.node_id();
+            Arc::new(RedisStore::new(&settings.redis.url, &node_id, driver.watch_state(), delivery.stream_max_len, max_age)?)
+        }
     })
 }
 

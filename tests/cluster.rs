@@ -217,3 +217,49 @@ async fn nothing_stored_is_lost_when_every_instance_restarts() {
     assert_eq!((n["id"].clone(), n["message"].clone()), (missed["id"].clone(), json!("missed")));
     assert!(device.receives_nothing("notification", QUIET).await);
 }
+
+#[tokio::test]
+async fn identical_publishes_are_each_stored_once_with_one_id_everywhere() {
+    let redis = RedisServer::running();
+    let url = redis.url();
+    let (a, b) = tokio::join!(HeraldProcess::start("a", &url), HeraldProcess::start("b", &url));
+    for instance in [&a, &b] {
+        instance.wait_health("redis up", |h| h["redis"] == "up").await;
+    }
+    let message = r#"{"type":"t","message":"same bytes"}"#;
+    redis.command(&["PUBLISH", "notify:user:9", message]);
+    // An instance that starts after the first publish, then the same bytes again.
+    let c = HeraldProcess::start("c", &url).await;
+    c.wait_health("redis up", |h| h["redis"] == "up").await;
+    let mut tabs = vec![client(&a, "9").await, client(&b, "9").await, client(&c, "9").await];
+    // Tabs joined after the first publish: it is replayed to none of them (no seen mark yet).
+    redis.command(&["PUBLISH", "notify:user:9", message]);
+    let mut ids = vec![];
+    for tab in tabs.iter_mut() {
+        let n = tab.next_notification().await.expect("delivered");
+        assert!(tab.receives_nothing("notification", QUIET).await, "once");
+        ids.push(n["id"].as_str().unwrap().to_string());
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "one id on every instance: {ids:?}");
+    let history = reqwest::Client::new().get(a.url("/api/v1/users/9/notifications")).bearer_auth(common::API_KEY).send().await.unwrap();
+    let history: serde_json::Value = history.json().await.unwrap();
+    let stored: Vec<&str> = history["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(stored.len(), 2, "each publish stored once: {history}");
+    assert_eq!(stored[0], ids[0]);
+}
+
+#[tokio::test]
+async fn the_first_notification_after_a_redis_restart_is_stored() {
+    let mut redis = RedisServer::running();
+    let a = HeraldProcess::start("a", &redis.url()).await;
+    a.wait_health("redis up", |h| h["redis"] == "up").await;
+    a.post("/api/v1/notify", json!({ "to": { "user": 4 }, "type": "t", "message": "before" })).await;
+    redis.kill();
+    a.wait_health("redis down", |h| h["redis"] == "down").await;
+    redis.start();
+    a.wait_health("redis back", |h| h["redis"] == "up").await;
+    let (_, body) = a.post("/api/v1/notify", json!({ "to": { "user": 4 }, "type": "t", "message": "after" })).await;
+    let history = reqwest::Client::new().get(a.url("/api/v1/users/4/notifications")).bearer_auth(common::API_KEY).send().await.unwrap();
+    let history: serde_json::Value = history.json().await.unwrap();
+    assert_eq!(history["items"][0]["id"], body["id"], "stored: {history}");
+}

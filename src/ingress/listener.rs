@@ -3,16 +3,13 @@
 //! and Herald's own `notify:*` channels.
 //!
 //! Every instance receives every message, so each applies it to its own sockets only
-//! (`Scope::Local`) and passes a dedup key with it: the first instance to store a persisted
-//! notification stores it, the others get the same id back. The key is the message's hash plus
-//! how many times this instance has seen the same bytes recently; every instance receives
-//! pub/sub messages in the same order, so the n-th copy of identical bytes gets the same key
-//! everywhere, and two identical notifications sent on purpose are both kept.
+//! (`Scope::Local`) and passes the message's hash as its dedup key: the store keeps one copy per
+//! publish, whatever the number of instances, and hands every instance the same id (see
+//! `store::redis`).
 //!
 //! The subscription is the resilient driver's: after a Redis restart or `CLIENT KILL TYPE
 //! pubsub` it resubscribes by itself. `/health` shows its state and the age of the last message.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +18,7 @@ use futures_util::StreamExt;
 use super::decode::{self, DecodeError, Decoded, Limits};
 use crate::cluster::driver::ResilientDriver;
 use crate::delivery::{Delivery, DeliveryError, Origin, Scope};
+use crate::store::Dedup;
 
 /// Pattern subscriptions besides the python channels.
 const NODE_EMIT: &str = "socket.io#";
@@ -91,15 +89,16 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, python_channels: V
             return;
         }
     };
+    let listening_since_ms = crate::notification::now_ms();
     tracing::info!(channels = ?python_channels, "Redis ingress listening");
-    let mut occurrences = Occurrences::default();
     while let Some((channel, payload)) = subscription.next().await {
         status.touch();
         let Some(source) = Source::of(&channel, &python_channels) else { continue };
         let outcome = match source.decode(&channel, &payload, &limits) {
             Ok(Decoded::Command(command)) => {
-                let key = occurrences.key(&channel, &payload);
-                let origin = Origin { scope: Scope::Local, source: source.label(), dedup_key: Some(&key), nid: None };
+                let key = dedup_key(&channel, &payload);
+                let dedup = Dedup { key: &key, listening_since_ms };
+                let origin = Origin { scope: Scope::Local, source: source.label(), dedup: Some(dedup), nid: None };
                 match delivery.apply(command, origin).await {
                     Ok(_) => "delivered",
                     Err(DeliveryError::UnknownNamespace(_)) => "unknown_namespace",
@@ -127,34 +126,9 @@ fn truncate(channel: &str) -> &str {
     }
 }
 
-/// How long identical messages are counted as occurrences of one another, from the last one
-/// seen. It equals the store's dedup key lifetime: a count restarts only after this long without
-/// the same message, by which time every key it could repeat has expired. An instance that
-/// starts less than this after an identical message was sent may count differently from the
-/// others for that message; the window is kept short for that reason.
-const OCCURRENCE_WINDOW: Duration = crate::store::redis::DEDUP_TTL;
-
-/// Counts recent identical messages to build dedup keys (see the module doc).
-#[derive(Default)]
-struct Occurrences {
-    seen: HashMap<u64, (u32, Instant)>,
-}
-
-impl Occurrences {
-    fn key(&mut self, channel: &str, payload: &[u8]) -> String {
-        let now = Instant::now();
-        if self.seen.len() > 10_000 {
-            self.seen.retain(|_, (_, at)| now.duration_since(*at) < OCCURRENCE_WINDOW);
-        }
-        let hash = fnv1a(channel.as_bytes(), fnv1a(payload, 0xcbf2_9ce4_8422_2325));
-        let entry = self.seen.entry(hash).or_insert((0, now));
-        if now.duration_since(entry.1) >= OCCURRENCE_WINDOW {
-            *entry = (0, now);
-        }
-        entry.0 += 1;
-        entry.1 = now;
-        format!("{hash:016x}:{}", entry.0)
-    }
+/// The dedup key of a message: its channel and bytes, hashed the same way on every instance.
+fn dedup_key(channel: &str, payload: &[u8]) -> String {
+    format!("{:016x}", fnv1a(channel.as_bytes(), fnv1a(payload, 0xcbf2_9ce4_8422_2325)))
 }
 
 /// FNV-1a: stable across processes and builds, unlike std's hasher.
@@ -181,12 +155,9 @@ mod tests {
     }
 
     #[test]
-    fn identical_messages_get_successive_keys() {
-        let mut occurrences = Occurrences::default();
-        let a = occurrences.key("notify:user:1", b"{}");
-        let b = occurrences.key("notify:user:1", b"{}");
-        let c = occurrences.key("notify:user:2", b"{}");
-        assert_ne!(a, b);
-        assert!(a.ends_with(":1") && b.ends_with(":2") && c.ends_with(":1"));
+    fn dedup_keys_depend_on_channel_and_bytes() {
+        assert_eq!(dedup_key("notify:user:1", b"{}"), dedup_key("notify:user:1", b"{}"));
+        assert_ne!(dedup_key("notify:user:1", b"{}"), dedup_key("notify:user:2", b"{}"));
+        assert_ne!(dedup_key("notify:user:1", b"{}"), dedup_key("notify:user:1", b"{ }"));
     }
 }

@@ -19,7 +19,6 @@ pub struct MemoryStore {
 struct Inner {
     last_id: StreamId,
     streams: HashMap<(String, String), VecDeque<(StreamId, Entry)>>,
-    dedup: HashMap<String, StreamId>,
     seen: HashMap<String, StreamId>,
     user_rooms: HashMap<String, Vec<String>>,
     read: HashMap<String, (Option<StreamId>, HashSet<StreamId>)>,
@@ -46,11 +45,9 @@ impl Inner {
 impl Store for MemoryStore {
     fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<StreamId, StoreError>> {
         Box::pin(async move {
-            let Stored { event, args, dedup_key, nid } = emit;
+            // One instance receives each message once: `dedup` has nothing to deduplicate.
+            let Stored { event, args, nid, .. } = emit;
             let mut inner = self.lock();
-            if let Some(nid) = dedup_key.and_then(|k| inner.dedup.get(k)) {
-                return Ok(*nid);
-            }
             let first_id = inner.next_id();
             let nid = nid.unwrap_or(first_id);
             let oldest_kept = StreamId::new(now_ms().saturating_sub(self.max_age.as_millis() as u64), 0);
@@ -62,12 +59,6 @@ impl Store for MemoryStore {
                 while stream.len() > self.max_len || stream.front().is_some_and(|(id, _)| *id < oldest_kept) {
                     stream.pop_front();
                 }
-            }
-            if let Some(key) = dedup_key {
-                if inner.dedup.len() > 100_000 {
-                    inner.dedup.clear();
-                }
-                inner.dedup.insert(key.to_string(), nid);
             }
             Ok(nid)
         })
@@ -147,15 +138,15 @@ mod tests {
         Args::one(Value::Object(vec![("n".into(), Value::Int(n))]))
     }
 
-    fn emit<'a>(args: &'a Args, dedup_key: Option<&'a str>) -> Stored<'a> {
-        Stored { event: "notification", args, dedup_key, nid: None }
+    fn emit(args: &Args) -> Stored<'_> {
+        Stored { event: "notification", args, dedup: None, nid: None }
     }
 
     #[tokio::test]
     async fn one_emit_to_several_rooms_reads_back_once() {
         let store = MemoryStore::new(10, Duration::from_secs(60));
         let rooms = vec!["user_1".to_string(), "role_a".to_string()];
-        let nid = store.append("/", &rooms, emit(&args(1), None)).await.unwrap();
+        let nid = store.append("/", &rooms, emit(&args(1))).await.unwrap();
         let merged = merged_range(&store, "/", &rooms, None).await.unwrap();
         assert_eq!(merged.len(), 1);
         assert_eq!(merged[0].nid, nid);
@@ -163,14 +154,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dedup_key_stores_once_and_caps_hold() {
+    async fn caps_hold() {
         let store = MemoryStore::new(3, Duration::from_secs(60));
         let rooms = vec!["user_1".to_string()];
-        let a = store.append("/", &rooms, emit(&args(1), Some("k"))).await.unwrap();
-        let b = store.append("/", &rooms, emit(&args(1), Some("k"))).await.unwrap();
-        assert_eq!(a, b);
-        for n in 2..10 {
-            store.append("/", &rooms, emit(&args(n), None)).await.unwrap();
+        for n in 1..10 {
+            store.append("/", &rooms, emit(&args(n))).await.unwrap();
         }
         let kept: BTreeMap<StreamId, Entry> = store.range("/", "user_1", None).await.unwrap().into_iter().map(|e| (e.nid, e)).collect();
         assert_eq!(kept.len(), 3);

@@ -82,8 +82,18 @@ pub struct StoreError(pub String);
 pub struct Stored<'a> {
     pub event: &'a str,
     pub args: &'a Args,
-    pub dedup_key: Option<&'a str>,
+    pub dedup: Option<Dedup<'a>>,
     pub nid: Option<StreamId>,
+}
+
+/// Identifies a pub/sub message that every instance receives, so that it is stored once.
+#[derive(Debug, Clone, Copy)]
+pub struct Dedup<'a> {
+    /// The message's hash.
+    pub key: &'a str,
+    /// When this instance's subscription started (unix ms): copies stored before then are of
+    /// publishes it cannot have received, and are not its to claim.
+    pub listening_since_ms: u64,
 }
 
 /// What Herald keeps per user: where replay resumes and what was read.
@@ -98,9 +108,8 @@ pub struct ReadState {
 pub trait Store: Send + Sync + 'static {
     /// Appends one emit to the streams of `rooms` (all in `namespace`) and returns its id: the
     /// first entry's id, or `nid` when given (one notification sent as several emits, e.g. to
-    /// several users with their own `channel`, keeps one id). With a `dedup_key`, a second
-    /// append under the same key returns the first id and stores nothing: that is how N
-    /// instances receiving the same pub/sub message store it once.
+    /// several users with their own `channel`, keeps one id). With `dedup`, the instances that
+    /// receive the same pub/sub message store it once and all get the same id.
     fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<StreamId, StoreError>>;
 
     /// Entries of one room's stream with an id above `after` (all when `None`), oldest first.

@@ -1,12 +1,13 @@
 //! The shared store: one Redis Stream per persisted room, read by every instance.
 //!
 //! Appends go through one Lua script so that "store once, whatever the number of instances" is
-//! atomic: under a `dedup_key`, the first instance appends and records the id; the others get
-//! that id back and append nothing. Every call has short timeouts so that a Redis outage costs
+//! atomic (see [`APPEND`]). Every call has short timeouts so that a Redis outage costs
 //! an error (counted by the caller) and never blocks live delivery.
 //!
 //! Keys: `herald:stream:<ns>:<room>` (fields `nid`, `event`, `args`; `nid` empty means "this
-//! entry's own id", as on the first stream of an emit), `herald:dedup:<key>`, `herald:seen:<user>`,
+//! entry's own id", as on the first stream of an emit), `herald:dedup:<key>` (sorted set of the
+//! ids stored for one published message, by time) and `herald:dedup:<key>:<id>` (the instances
+//! that claimed that copy), `herald:seen:<user>`,
 //! `herald:read:<user>` (string: read up to), `herald:read:<user>:ids` (set) and
 //! `herald:rooms:<user>` (JSON list of the persisted rooms the user's token granted).
 
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::Script;
 use tokio::sync::watch;
 
 use crate::cluster::redis_state::RedisState;
@@ -23,16 +24,34 @@ use super::{Entry, ReadState, Store, StoreError, Stored, StreamId};
 use crate::notification::now_ms;
 use crate::payload::stored;
 
-/// How long a dedup key is remembered: far longer than a pub/sub message takes to reach every
-/// instance, short enough that the ingress's occurrence counts (which restart after the same
-/// quiet time) never meet an old key.
-pub const DEDUP_TTL: Duration = Duration::from_secs(10);
+/// How long after an instance stored a published message the others may claim it: far longer
+/// than a pub/sub message takes to reach every instance, short enough that an instance that
+/// missed a publish does not take an older identical one for the next.
+const CLAIM_WINDOW: Duration = Duration::from_secs(3);
 
+/// Appends an emit to its streams, or, for pub/sub ingress (KEYS[1] names the message's dedup
+/// set), claims the copy another instance already stored.
+///
+/// Every instance receives each published message once, within milliseconds of the others, and
+/// calls this with the same dedup key (the message's hash) and its own node id. An instance takes
+/// the oldest entry for that key, stored within the claim window, that it has not taken yet;
+/// when there is none, the message is new and it stores it. So N instances store each publish
+/// once; a message published twice on purpose is stored twice (each instance claims one copy
+/// per receipt); an instance never claims a copy stored before its subscription started; and
+/// an instance that missed a publish while resubscribing claims nothing older than the window.
 const APPEND: &str = r#"
 local dedup = KEYS[1]
+local node = ARGV[8]
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 if dedup ~= '' then
-  local existing = redis.call('GET', dedup)
-  if existing then return existing end
+  redis.call('ZREMRANGEBYSCORE', dedup, '-inf', now_ms - tonumber(ARGV[5]))
+  for _, nid in ipairs(redis.call('ZRANGEBYSCORE', dedup, ARGV[9], '+inf')) do
+    if redis.call('SADD', dedup .. ':' .. nid, node) == 1 then
+      redis.call('PEXPIRE', dedup .. ':' .. nid, ARGV[5] * 2)
+      return nid
+    end
+  end
 end
 local nid = ARGV[7]
 for i = 2, #KEYS do
@@ -41,7 +60,12 @@ for i = 2, #KEYS do
   redis.call('PEXPIRE', KEYS[i], ARGV[6])
   if nid == '' then nid = id end
 end
-if dedup ~= '' then redis.call('SET', dedup, nid, 'EX', ARGV[5]) end
+if dedup ~= '' then
+  redis.call('ZADD', dedup, now_ms, nid)
+  redis.call('PEXPIRE', dedup, ARGV[5] * 2)
+  redis.call('SADD', dedup .. ':' .. nid, node)
+  redis.call('PEXPIRE', dedup .. ':' .. nid, ARGV[5] * 2)
+end
 return nid
 "#;
 
@@ -63,6 +87,8 @@ return 1
 
 pub struct RedisStore {
     connection: ConnectionManager,
+    /// This instance's name: what it claims stored copies of pub/sub messages under.
+    node_id: String,
     /// The cluster driver's view of Redis: while it is down, calls fail at once.
     redis_state: watch::Receiver<RedisState>,
     max_len: usize,
@@ -73,7 +99,7 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects lazily: an unreachable Redis at startup is not an error here.
-    pub fn new(url: &str, redis_state: watch::Receiver<RedisState>, max_len: usize, max_age: Duration) -> Result<RedisStore, StoreError> {
+    pub fn new(url: &str, node_id: &str, redis_state: watch::Receiver<RedisState>, max_len: usize, max_age: Duration) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
@@ -81,7 +107,24 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| StoreError(e.to_string()))?;
-        Ok(RedisStore { connection, redis_state, max_len, max_age, append: Script::new(APPEND), set_max_id: Script::new(SET_MAX_ID) })
+        Ok(RedisStore { connection, node_id: node_id.to_string(), redis_state, max_len, max_age, append: Script::new(APPEND), set_max_id: Script::new(SET_MAX_ID) })
+    }
+
+    /// Runs `cmd`, once more when the first attempt met a connection Redis had dropped (after a
+    /// Redis restart the manager reconnects only once a command has failed on the old one).
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        match cmd.query_async(&mut self.conn()?).await {
+            Err(e) if dropped(&e) => cmd.query_async(&mut self.conn()?).await.map_err(failed),
+            result => result.map_err(failed),
+        }
+    }
+
+    /// [`Self::query`] for a script.
+    async fn invoke<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+        match invocation.invoke_async(&mut self.conn()?).await {
+            Err(e) if dropped(&e) => invocation.invoke_async(&mut self.conn()?).await.map_err(failed),
+            result => result.map_err(failed),
+        }
     }
 
     /// A connection, or an error at once while Redis is known to be down.
@@ -97,6 +140,10 @@ fn stream_key(namespace: &str, room: &str) -> String {
     format!("herald:stream:{namespace}:{room}")
 }
 
+fn dropped(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() || e.is_io_error()
+}
+
 fn failed(e: redis::RedisError) -> StoreError {
     StoreError(e.to_string())
 }
@@ -108,9 +155,9 @@ fn parse_id(text: &str) -> Result<StreamId, StoreError> {
 impl Store for RedisStore {
     fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<StreamId, StoreError>> {
         Box::pin(async move {
-            let Stored { event, args, dedup_key, nid } = emit;
+            let Stored { event, args, dedup, nid } = emit;
             let mut invocation = self.append.prepare_invoke();
-            invocation.key(dedup_key.map(|k| format!("herald:dedup:{k}")).unwrap_or_default());
+            invocation.key(dedup.map(|d| format!("herald:dedup:{}", d.key)).unwrap_or_default());
             for room in rooms {
                 invocation.key(stream_key(namespace, room));
             }
@@ -120,10 +167,12 @@ impl Store for RedisStore {
                 .arg(stored::encode(args))
                 .arg(self.max_len)
                 .arg(format!("{oldest_kept}-0"))
-                .arg(DEDUP_TTL.as_secs())
+                .arg(CLAIM_WINDOW.as_millis() as u64)
                 .arg(self.max_age.as_millis() as u64 + 60_000)
-                .arg(nid.map(|n| n.to_string()).unwrap_or_default());
-            let nid: String = invocation.invoke_async(&mut self.conn()?).await.map_err(failed)?;
+                .arg(nid.map(|n| n.to_string()).unwrap_or_default())
+                .arg(&self.node_id)
+                .arg(dedup.map_or(0, |d| d.listening_since_ms));
+            let nid: String = self.invoke(&invocation).await?;
             parse_id(&nid)
         })
     }
@@ -132,7 +181,7 @@ impl Store for RedisStore {
         Box::pin(async move {
             let start = after.map(|a| format!("({a}")).unwrap_or_else(|| "-".into());
             let reply: redis::streams::StreamRangeReply =
-                self.conn()?.xrange(stream_key(namespace, room), start, "+").await.map_err(failed)?;
+                self.query(redis::cmd("XRANGE").arg(stream_key(namespace, room)).arg(start).arg("+")).await?;
             let mut entries = Vec::with_capacity(reply.ids.len());
             for item in reply.ids {
                 let field = |name: &str| item.get::<String>(name).unwrap_or_default();
@@ -151,20 +200,16 @@ impl Store for RedisStore {
 
     fn seen<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<StreamId>, StoreError>> {
         Box::pin(async move {
-            let value: Option<String> = self.conn()?.get(format!("herald:seen:{user}")).await.map_err(failed)?;
+            let value: Option<String> = self.query(redis::cmd("GET").arg(format!("herald:seen:{user}"))).await?;
             value.map(|v| parse_id(&v)).transpose()
         })
     }
 
     fn advance_seen<'a>(&'a self, user: &'a str, id: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let _: i64 = self
-                .set_max_id
-                .key(format!("herald:seen:{user}"))
-                .arg(id.to_string())
-                .invoke_async(&mut self.conn()?)
-                .await
-                .map_err(failed)?;
+            let mut invocation = self.set_max_id.prepare_invoke();
+            invocation.key(format!("herald:seen:{user}")).arg(id.to_string());
+            let _: i64 = self.invoke(&invocation).await?;
             Ok(())
         })
     }
@@ -172,27 +217,23 @@ impl Store for RedisStore {
     fn set_user_rooms<'a>(&'a self, user: &'a str, rooms: &'a [String]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let value = serde_json::to_string(rooms).unwrap_or_default();
-            let _: () = self
-                .conn()?
-                .set_ex(format!("herald:rooms:{user}"), value, self.max_age.as_secs() + 60)
-                .await
-                .map_err(failed)?;
+            let ttl = self.max_age.as_secs() + 60;
+            let _: () = self.query(redis::cmd("SET").arg(format!("herald:rooms:{user}")).arg(value).arg("EX").arg(ttl)).await?;
             Ok(())
         })
     }
 
     fn user_rooms<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         Box::pin(async move {
-            let value: Option<String> = self.conn()?.get(format!("herald:rooms:{user}")).await.map_err(failed)?;
+            let value: Option<String> = self.query(redis::cmd("GET").arg(format!("herald:rooms:{user}"))).await?;
             Ok(value.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default())
         })
     }
 
     fn read_state<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<ReadState, StoreError>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
-            let up_to: Option<String> = conn.get(format!("herald:read:{user}")).await.map_err(failed)?;
-            let ids: Vec<String> = conn.smembers(format!("herald:read:{user}:ids")).await.map_err(failed)?;
+            let up_to: Option<String> = self.query(redis::cmd("GET").arg(format!("herald:read:{user}"))).await?;
+            let ids: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(format!("herald:read:{user}:ids"))).await?;
             let mut ids: Vec<StreamId> = ids.iter().filter_map(|i| i.parse().ok()).collect();
             ids.sort();
             let up_to = up_to.map(|u| parse_id(&u)).transpose()?;
@@ -203,21 +244,16 @@ impl Store for RedisStore {
 
     fn mark_read<'a>(&'a self, user: &'a str, ids: &'a [StreamId], up_to: Option<StreamId>) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
             if let Some(up_to) = up_to {
-                let _: i64 = self
-                    .set_max_id
-                    .key(format!("herald:read:{user}"))
-                    .arg(up_to.to_string())
-                    .invoke_async(&mut conn)
-                    .await
-                    .map_err(failed)?;
+                let mut invocation = self.set_max_id.prepare_invoke();
+                invocation.key(format!("herald:read:{user}")).arg(up_to.to_string());
+                let _: i64 = self.invoke(&invocation).await?;
             }
             if !ids.is_empty() {
                 let key = format!("herald:read:{user}:ids");
                 let members: Vec<String> = ids.iter().map(StreamId::to_string).collect();
-                let _: i64 = conn.sadd(&key, members).await.map_err(failed)?;
-                let _: bool = conn.expire(&key, self.max_age.as_secs() as i64 + 60).await.map_err(failed)?;
+                let _: i64 = self.query(redis::cmd("SADD").arg(&key).arg(members)).await?;
+                let _: bool = self.query(redis::cmd("EXPIRE").arg(&key).arg(self.max_age.as_secs() + 60)).await?;
             }
             Ok(())
         })
