@@ -59,6 +59,7 @@ export function run(cmd, args, opts = {}) {
   });
 }
 
+/** Polls `check` until truthy; an error with `fatal: true` ends the wait at once. */
 export async function waitUntil(check, { timeout = 10000, interval = 100, what = 'condition' } = {}) {
   const until = Date.now() + timeout;
   let last;
@@ -66,7 +67,7 @@ export async function waitUntil(check, { timeout = 10000, interval = 100, what =
     try {
       const v = await check();
       if (v) return v;
-    } catch (e) { last = e; }
+    } catch (e) { if (e.fatal) throw e; last = e; }
     await sleep(interval);
   }
   throw new Error(`timed out after ${timeout} ms waiting for ${what}${last ? `: ${last.message}` : ''}`);
@@ -121,7 +122,7 @@ export class Herald {
     });
     const proc = this.proc;
     await waitUntil(async () => {
-      if (proc.exitCode !== null) throw new Error(`herald ${this.name} exited: ${this.logTail()}`);
+      if (proc.exitCode !== null) throw Object.assign(new Error(`herald ${this.name} exited: ${this.logTail()}`), { fatal: true });
       const res = await fetch(`${this.url}/ready`);
       return res.status === 200;
     }, { timeout: 20000, what: `herald ${this.name} ready` });
