@@ -16,6 +16,19 @@ export const JWT_SECRET = 'backends-test-secret';
 export const API_KEY = 'backends-test-key';
 
 const children = new Set();
+
+/** Whether a child process has ended (a signal-killed child has exitCode null). */
+export function hasExited(proc) { return !proc || proc.exitCode !== null || proc.signalCode !== null; }
+
+/** Sends `signal` and resolves when the process has ended (SIGKILL after `graceMs`). */
+export async function stopProcess(proc, signal = 'SIGKILL', graceMs = 5000) {
+  if (hasExited(proc)) return;
+  const exited = new Promise((ok) => proc.once('exit', ok));
+  proc.kill(signal);
+  const t = setTimeout(() => { if (!hasExited(proc)) proc.kill('SIGKILL'); }, graceMs);
+  await exited;
+  clearTimeout(t);
+}
 function killAll() {
   for (const child of children) {
     try { child.kill('SIGKILL'); } catch { /* gone */ }
@@ -91,13 +104,7 @@ export class Redis {
   cli(...args) { return run('redis-cli', ['-p', String(this.port), ...args]); }
 
   /** kill -9, as an outage would. */
-  async kill9() {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null) return;
-    const exited = new Promise((ok) => proc.once('exit', ok));
-    proc.kill('SIGKILL');
-    await exited;
-  }
+  async kill9() { await stopProcess(this.proc, 'SIGKILL'); }
 
   async stop() { await this.kill9(); }
 }
@@ -122,7 +129,7 @@ export class Herald {
     });
     const proc = this.proc;
     await waitUntil(async () => {
-      if (proc.exitCode !== null) throw Object.assign(new Error(`herald ${this.name} exited: ${this.logTail()}`), { fatal: true });
+      if (hasExited(proc)) throw Object.assign(new Error(`herald ${this.name} exited: ${this.logTail()}`), { fatal: true });
       const res = await fetch(`${this.url}/ready`);
       return res.status === 200;
     }, { timeout: 20000, what: `herald ${this.name} ready` });
@@ -133,23 +140,9 @@ export class Herald {
     try { return readFileSync(this.proc.logPath, 'utf8').slice(-n); } catch { return ''; }
   }
 
-  async kill9() {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null) return;
-    const exited = new Promise((ok) => proc.once('exit', ok));
-    proc.kill('SIGKILL');
-    await exited;
-  }
+  async kill9() { await stopProcess(this.proc, 'SIGKILL'); }
 
-  async stop() {
-    const proc = this.proc;
-    if (!proc || proc.exitCode !== null) return;
-    const exited = new Promise((ok) => proc.once('exit', ok));
-    proc.kill('SIGTERM');
-    const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(t);
-  }
+  async stop() { await stopProcess(this.proc, 'SIGTERM', 5000); }
 
   async health() { return (await fetch(`${this.url}/health`)).json(); }
 

@@ -2,7 +2,7 @@
 import { mkdtempSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HERE, freePort, spawnLogged, waitUntil } from './cluster.js';
+import { HERE, freePort, spawnLogged, waitUntil, stopProcess, hasExited } from './cluster.js';
 
 export function nginxBinary() {
   return process.env.NGINX_BIN || ['/usr/sbin/nginx', '/usr/local/sbin/nginx', '/usr/bin/nginx'].find((p) => {
@@ -25,7 +25,7 @@ export class Nginx {
     writeFileSync(n.confPath, conf);
     n.proc = spawnLogged(`nginx-${n.port}`, bin, ['-p', n.prefix, '-c', n.confPath, '-e', join(n.prefix, 'error.log')]);
     await waitUntil(async () => {
-      if (n.proc.exitCode !== null) throw Object.assign(new Error(`nginx exited: ${n.errorLog()}`), { fatal: true });
+      if (hasExited(n.proc)) throw Object.assign(new Error(`nginx exited: ${n.errorLog()}`), { fatal: true });
       const r = await fetch(`${n.url}/health`);
       return r.status === 200;
     }, { what: 'nginx' });
@@ -35,14 +35,7 @@ export class Nginx {
   errorLog() { try { return readFileSync(join(this.prefix, 'error.log'), 'utf8').slice(-2000); } catch { return ''; } }
 
   async stop() {
-    const proc = this.proc;
-    if (proc && proc.exitCode === null) {
-      const exited = new Promise((ok) => proc.once('exit', ok));
-      proc.kill('SIGTERM');
-      const t = setTimeout(() => proc.kill('SIGKILL'), 3000);
-      await exited;
-      clearTimeout(t);
-    }
+    await stopProcess(this.proc, 'SIGTERM', 3000);
     rmSync(this.prefix, { recursive: true, force: true });
   }
 }
