@@ -1,0 +1,124 @@
+// 8. Edges of "stored once" across instances: identical notifications sent on purpose are both
+//    kept; an instance that joins later (and so saw fewer copies of an identical message) stamps
+//    the same id as the others; producers' own `id` fields are kept (stream id in `_herald_id`);
+//    a stored broadcast is stored once; node-emitter notifications are stored once.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createClient } from 'redis';
+import { Emitter } from '@socket.io/redis-emitter';
+import { startCluster, uid, waitUntil, Herald, freePort } from '../lib/cluster.js';
+import { connect, closeAll, expectExactlyOnce, notif, QUIET_MS } from '../lib/client.js';
+import { PyEmitter } from '../lib/python.js';
+
+let cluster; let py; let redisClient; let emitter;
+before(async () => {
+  cluster = await startCluster(2);
+  py = await PyEmitter.start('.venv-json', 'flask', cluster.redis.url);
+  redisClient = createClient({ url: cluster.redis.url });
+  await redisClient.connect();
+  emitter = new Emitter(redisClient);
+});
+after(async () => {
+  py?.stop();
+  await redisClient?.quit().catch(() => {});
+  await cluster?.stop();
+});
+
+async function listed(node, user) {
+  const r = await node.api('GET', `/api/v1/users/${encodeURIComponent(user)}/notifications`);
+  assert.equal(r.status, 200, JSON.stringify(r.body));
+  return r.body.items;
+}
+
+describe('stored-once edges', () => {
+  it('two identical notifications sent on purpose are both stored and both delivered', async () => {
+    const [A, B] = cluster.nodes;
+    const user = uid('dd');
+    const a = await connect(A.url, user, { label: 'u@A' });
+    const b = await connect(B.url, user, { label: 'u@B' });
+    try {
+      const same = { type: 'info', message: 'same bytes', marker: 'twice' };
+      await py.emit('notification', [same], { to: `user_${user}` });
+      await py.emit('notification', [same], { to: `user_${user}` });
+      for (const x of [a, b]) await x.col.waitFor(notif('twice'), { count: 2, what: 'both copies' });
+      await sleep(QUIET_MS);
+      for (const x of [a, b]) {
+        const got = x.col.matching(notif('twice'));
+        assert.equal(got.length, 2, `${x.col.label} got ${got.length}`);
+        assert.notEqual(got[0].args[0].id, got[1].args[0].id, 'distinct ids');
+      }
+      assert.deepEqual(a.col.matching(notif('twice')).map((e) => e.args[0].id), b.col.matching(notif('twice')).map((e) => e.args[0].id), 'same ids on both instances');
+      const items = (await listed(A, user)).filter((i) => i.marker === 'twice');
+      assert.equal(items.length, 2, JSON.stringify(items));
+    } finally { closeAll(a, b); }
+  });
+
+  it("a producer's own id is kept and the stream id goes in _herald_id", async () => {
+    const [A, B] = cluster.nodes;
+    const user = uid('dd');
+    const a = await connect(B.url, user, { label: 'u@B' });
+    try {
+      await py.emit('notification', [{ id: 'producer-42', type: 'info', marker: 'own-id' }], { to: `user_${user}` });
+      const [got] = await expectExactlyOnce(a.col, [{ pred: notif('own-id'), what: 'notification with own id' }]);
+      assert.equal(got.args[0].id, 'producer-42');
+      assert.ok(got.args[0]._herald_id, `_herald_id present: ${JSON.stringify(got.args[0])}`);
+      const items = (await listed(A, user)).filter((i) => i.marker === 'own-id');
+      assert.equal(items.length, 1, JSON.stringify(items));
+    } finally { closeAll(a); }
+  });
+
+  it('a stored broadcast (python, event notification, no room) is stored once and replayed once', async () => {
+    const [A, B] = cluster.nodes;
+    const user = uid('dd');
+    const first = await connect(A.url, user, { label: 'first@A' });
+    first.socket.disconnect();
+    await sleep(300);
+    await py.emit('notification', [{ type: 'broadcast', marker: 'stored-bcast' }]);
+    emitter.emit('notification', { type: 'broadcast', marker: 'stored-bcast-node' });
+    await sleep(QUIET_MS);
+    const again = await connect(B.url, user, { label: 'again@B' });
+    try {
+      await expectExactlyOnce(again.col, [
+        { pred: notif('stored-bcast'), what: 'python broadcast replayed' },
+        { pred: notif('stored-bcast-node'), what: 'node-emitter broadcast replayed' },
+      ]);
+    } finally { closeAll(again); }
+  });
+
+  it('node-emitter notification to user_<id> is stored once', async () => {
+    const [A, B] = cluster.nodes;
+    const user = uid('dd');
+    emitter.to(`user_${user}`).emit('notification', { type: 'info', marker: 'node-stored' });
+    const mine = async (node) => (await listed(node, user)).filter((i) => i.marker === 'node-stored');
+    await waitUntil(async () => (await mine(B)).length >= 1, { what: 'stored' });
+    await sleep(QUIET_MS);
+    const items = await mine(A);
+    assert.equal(items.length, 1, `listed ${items.length} times (the listing also has the namespace's stored broadcasts): ${JSON.stringify(items)}`);
+  });
+
+  it('an instance started later stamps the same id as the others for an identical message', async () => {
+    const [A] = cluster.nodes;
+    const user = uid('dd');
+    const same = { type: 'info', message: 'identical', marker: 'late' };
+    // first copy: only A and B are running
+    await py.emit('notification', [same], { to: `user_${user}` });
+    await waitUntil(async () => (await listed(A, user)).length >= 1, { what: 'first copy stored' });
+    // C starts now, so it has seen no copy of these bytes yet
+    const C = await new Herald({ name: 'C', port: await freePort(), redisUrl: cluster.redis.url, env: {} }).start();
+    try {
+      const onA = await connect(A.url, user, { label: 'u@A', tokenIn: 'auth' });
+      const onC = await connect(C.url, user, { label: 'u@C', tokenIn: 'auth' });
+      try {
+        await py.emit('notification', [same], { to: `user_${user}` });
+        const [viaA] = await expectExactlyOnce(onA.col, [{ pred: notif('late'), what: 'second copy on A' }]);
+        const [viaC] = await expectExactlyOnce(onC.col, [{ pred: notif('late'), what: 'second copy on C' }], { quiet: 0 });
+        const items = (await listed(A, user)).filter((i) => i.marker === 'late');
+        assert.equal(items.length, 2, `both copies stored: ${JSON.stringify(items)}`);
+        const newest = items.map((i) => i.id).sort().at(-1);
+        assert.equal(viaA.args[0].id, newest, 'A stamps the new entry id');
+        assert.equal(viaC.args[0].id, viaA.args[0].id, `C (started later) stamps ${viaC.args[0].id}, A stamps ${viaA.args[0].id}; stored ids ${items.map((i) => i.id)}`);
+      } finally { closeAll(onA, onC); }
+    } finally { await C.stop(); }
+  });
+});
