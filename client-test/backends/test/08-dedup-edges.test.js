@@ -117,6 +117,14 @@ describe('stored-once edges', () => {
         assert.equal(items.length, 2, `both copies stored: ${JSON.stringify(items)}`);
         const newest = items.map((i) => i.id).sort().at(-1);
         assert.equal(viaA.args[0].id, newest, 'A stamps the new entry id');
+        // what a client on C sees: resuming after the id it was given replays what it already has
+        closeAll(onC);
+        const back = await connect(C.url, user, { label: 'u@C again', tokenIn: 'auth', opts: { auth: { token: onC.token, last_id: viaC.args[0].id } } });
+        try {
+          await sleep(QUIET_MS);
+          const replayed = back.col.matching(notif('late'));
+          assert.equal(replayed.length, 0, `reconnect to C with auth.last_id=${viaC.args[0].id} (the id C stamped on the copy it delivered) replays ${replayed.length} notification(s) the client already had: ${back.col.describe()}`);
+        } finally { closeAll(back); }
         assert.equal(viaC.args[0].id, viaA.args[0].id, `C (started later) stamps ${viaC.args[0].id}, A stamps ${viaA.args[0].id}; stored ids ${items.map((i) => i.id)}`);
       } finally { closeAll(onA, onC); }
     } finally { await C.stop(); }
