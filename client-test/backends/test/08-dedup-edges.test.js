@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createClient } from 'redis';
 import { Emitter } from '@socket.io/redis-emitter';
-import { startCluster, uid, waitUntil, Herald, freePort } from '../lib/cluster.js';
+import { startCluster, uid, waitUntil, Herald, freePort, run } from '../lib/cluster.js';
 import { connect, closeAll, expectExactlyOnce, notif, QUIET_MS } from '../lib/client.js';
 import { PyEmitter } from '../lib/python.js';
 
@@ -128,5 +128,45 @@ describe('stored-once edges', () => {
         assert.equal(viaC.args[0].id, viaA.args[0].id, `C (started later) stamps ${viaC.args[0].id}, A stamps ${viaA.args[0].id}; stored ids ${items.map((i) => i.id)}`);
       } finally { closeAll(onA, onC); }
     } finally { await C.stop(); }
+  });
+
+  it('an instance whose subscription was cut (CLIENT KILL ID) stamps the same id as the others for an identical message', async () => {
+    const [A, B] = cluster.nodes;
+    const user = uid('dd');
+    const onA = await connect(A.url, user, { label: 'u@A', tokenIn: 'auth' });
+    const onB = await connect(B.url, user, { label: 'u@B', tokenIn: 'auth' });
+    try {
+      // A's pub/sub connection: the pubsub client whose local port belongs to A's process
+      const list = (await cluster.redis.cli('CLIENT', 'LIST', 'TYPE', 'pubsub')).trim().split('\n');
+      let victim;
+      for (const line of list) {
+        const id = line.match(/\bid=(\d+)/)[1];
+        const port = line.match(/\baddr=[^ ]*:(\d+)/)[1];
+        const ss = await run('ss', ['-tnpH', 'state', 'established', `( sport = :${port} )`]);
+        if (ss.includes(`pid=${A.proc.pid},`)) victim = id;
+      }
+      assert.ok(victim, `found A's pub/sub connection among ${list.length}`);
+      const same = { type: 'info', message: 'identical', marker: 'cut' };
+      await cluster.redis.cli('CLIENT', 'KILL', 'ID', victim);
+      await py.emit('notification', [same], { to: `user_${user}` }); // A is resubscribing: only B hears it
+      await onB.col.waitFor(notif('cut'), { what: 'first copy on B' });
+      // wait until A hears pub/sub again
+      let n = 0;
+      await waitUntil(async () => {
+        await py.emit('probe', [{ marker: `cut-probe-${n++}` }], { to: `user_${user}` });
+        await sleep(300);
+        return onA.col.matching((e) => e.event === 'probe').length > 0;
+      }, { timeout: 20000, what: 'A resubscribed' });
+      await py.emit('notification', [same], { to: `user_${user}` });
+      await onB.col.waitFor(notif('cut'), { count: 2, what: 'second copy on B' });
+      await onA.col.waitFor(notif('cut'), { what: 'second copy on A' });
+      await sleep(QUIET_MS);
+      const idsB = onB.col.matching(notif('cut')).map((e) => e.args[0].id);
+      const idsA = onA.col.matching(notif('cut')).map((e) => e.args[0].id);
+      const stored = (await listed(B, user)).filter((i) => i.marker === 'cut').map((i) => i.id);
+      assert.equal(stored.length, 2, `both copies stored: ${stored}`);
+      assert.equal(idsA.length, 1, `A missed the first copy (sent while it resubscribed) and got the second once: ${idsA}`);
+      assert.equal(idsA[0], idsB[1], `A stamps ${idsA[0]} on the second copy, B stamps ${idsB[1]} (B's ids ${idsB}; stored ${stored})`);
+    } finally { closeAll(onA, onB); }
   });
 });
