@@ -52,7 +52,7 @@ describe('Redis trouble', () => {
     await probeUntilAll((m) => A.notify({ to: { user: c.user }, type: 'probe', message: 'x', data: { marker: m } }), [c.col], { what: 'httpkill' });
   });
 
-  it('kill -9 redis-server: local delivery goes on, /health says down; after restart cross-instance delivery resumes by itself', async () => {
+  it('kill -9 redis-server: local delivery goes on, /health says down', async () => {
     const [A, B, C] = cluster.nodes;
     await cluster.redis.kill9();
     // local delivery while Redis is down: HTTP notify on A to a user connected on A
@@ -66,9 +66,27 @@ describe('Redis trouble', () => {
     assert.ok([200, 202].includes(e.status), `emit while Redis down: ${e.status} ${JSON.stringify(e.body)}`);
     await expectExactlyOnce(a.col, [{ pred: ev('local-emit', 'emit-down'), what: '/api/v1/emit while Redis is down' }]);
     assert.ok(a.socket.connected && b.socket.connected && c.socket.connected, 'sockets survive the outage');
+  });
 
+  it('restart on the same port: the first notification each instance handles afterwards is stored', async () => {
+    const [A, B, C] = cluster.nodes;
     await cluster.redis.start();
     for (const node of [A, B, C]) await waitUntil(async () => (await node.health()).redis === 'up', { timeout: 20000, what: `${node.name} /health redis up` });
+    const offline = uid('off');
+    const sent = [];
+    for (const node of [A, B, C]) {
+      const r = await node.api('POST', '/api/v1/notify', { to: { user: offline }, type: 'info', message: `first on ${node.name} after restart`, data: { marker: `first-${node.name}` } });
+      sent.push(`${node.name}: ${r.status} ${JSON.stringify(r.body)}`);
+    }
+    await sleep(1000);
+    const r = await A.api('GET', `/api/v1/users/${offline}/notifications`);
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    const markers = r.body.items.map((i) => i.data?.marker ?? i.marker).sort();
+    assert.deepEqual(markers, ['first-A', 'first-B', 'first-C'], `stored after the restart: ${JSON.stringify(r.body.items)}; sent ${sent.join('; ')}`);
+  });
+
+  it('after the restart cross-instance delivery resumes by itself', async () => {
+    const [A, B, C] = cluster.nodes;
     const took = await probeUntilAll((m) => A.notify({ to: { user: c.user }, type: 'probe', message: 'x', data: { marker: m } }), [c.col], { what: 'http-restart' });
     console.log(`cross-instance HTTP delivery back ${took} ms after redis health up`);
     const py2 = await PyEmitter.start('.venv-json', 'flask', cluster.redis.url);
