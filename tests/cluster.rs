@@ -231,7 +231,7 @@ async fn identical_publishes_are_each_stored_once_with_one_id_everywhere() {
     // An instance that starts after the first publish, then the same bytes again.
     let c = HeraldProcess::start("c", &url).await;
     c.wait_health("redis up", |h| h["redis"] == "up").await;
-    let mut tabs = vec![client(&a, "9").await, client(&b, "9").await, client(&c, "9").await];
+    let mut tabs = [client(&a, "9").await, client(&b, "9").await, client(&c, "9").await];
     // Tabs joined after the first publish: it is replayed to none of them (no seen mark yet).
     redis.command(&["PUBLISH", "notify:user:9", message]);
     let mut ids = vec![];
