@@ -141,6 +141,12 @@ impl ResilientDriver {
     }
 
     /// Current Redis reachability. Cheap: reads a watch channel.
+    /// When the current subscriptions started to be set up (unix ms; 0 before the first): no
+    /// message published before then reached them.
+    pub fn listening_since_ms(&self) -> u64 {
+        self.shared.reachability.listening_since_ms()
+    }
+
     pub fn state(&self) -> RedisState {
         self.shared.reachability.current()
     }
@@ -412,6 +418,7 @@ async fn maintain_subscriptions(
 ) {
     let mut backoff = RECONNECT_BACKOFF_MIN;
     'reconnect: loop {
+        let opening_at_ms = crate::notification::now_ms();
         let opened = tokio::select! {
             () = stop_requested(&mut stop) => break 'reconnect,
             opened = Session::open(&client, &shared) => opened,
@@ -419,7 +426,7 @@ async fn maintain_subscriptions(
         let cause = match opened {
             Ok(mut session) => {
                 backoff = RECONNECT_BACKOFF_MIN;
-                shared.reachability.mark_up(&shared.redis_addr);
+                shared.reachability.mark_up(&shared.redis_addr, opening_at_ms);
                 match session
                     .serve(&shared, &mut resync_requests, &mut stop)
                     .await

@@ -27,6 +27,7 @@ pub enum RedisState {
 pub(crate) struct Reachability {
     state: watch::Sender<RedisState>,
     outages: AtomicU64,
+    listening_since_ms: AtomicU64,
     /// Set once the current period of unavailability has been logged, so that the retries that
     /// follow stay quiet.
     unavailability_logged: AtomicBool,
@@ -38,6 +39,7 @@ impl Reachability {
         Self {
             state: watch::Sender::new(RedisState::Down),
             outages: AtomicU64::new(0),
+            listening_since_ms: AtomicU64::new(0),
             unavailability_logged: AtomicBool::new(false),
         }
     }
@@ -55,8 +57,15 @@ impl Reachability {
         self.outages.load(Ordering::Relaxed)
     }
 
-    /// Records that subscriptions are live again.
-    pub(crate) fn mark_up(&self, addr: &str) {
+    /// When the current subscriptions started to be set up (unix ms): nothing published before
+    /// then reached them.
+    pub(crate) fn listening_since_ms(&self) -> u64 {
+        self.listening_since_ms.load(Ordering::Relaxed)
+    }
+
+    /// Records that subscriptions are live again, set up from `opened_at_ms` on.
+    pub(crate) fn mark_up(&self, addr: &str, opened_at_ms: u64) {
+        self.listening_since_ms.store(opened_at_ms, Ordering::Relaxed);
         self.unavailability_logged.store(false, Ordering::Relaxed);
         let previous = self.state.send_replace(RedisState::Up);
         if previous == RedisState::Down {

@@ -89,7 +89,6 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, python_channels: V
             return;
         }
     };
-    let listening_since_ms = crate::notification::now_ms();
     tracing::info!(channels = ?python_channels, "Redis ingress listening");
     while let Some((channel, payload)) = subscription.next().await {
         status.touch();
@@ -97,7 +96,7 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, python_channels: V
         let outcome = match source.decode(&channel, &payload, &limits) {
             Ok(Decoded::Command(command)) => {
                 let key = dedup_key(&channel, &payload);
-                let dedup = Dedup { key: &key, listening_since_ms };
+                let dedup = Dedup { key: &key, listening_since_ms: driver.listening_since_ms() };
                 let origin = Origin { scope: Scope::Local, source: source.label(), dedup: Some(dedup), nid: None };
                 match delivery.apply(command, origin).await {
                     Ok(_) => "delivered",
