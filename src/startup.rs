@@ -60,6 +60,8 @@ impl Application {
             .ping_timeout(sio.ping_timeout())
             .max_payload(sio.max_payload_bytes)
             .ws_max_message_size(sio.max_payload_bytes as usize)
+            // Clients send small packets; 1 KiB per connection instead of 4 (BENCHMARKS.md).
+            .ws_read_buffer_size(1024)
             // Room for a full replay (plus its summary and the welcome) queued at once.
             .max_buffer_size(settings.delivery.max_replay + 128);
         let redis = (!settings.redis.url.is_empty())
@@ -157,6 +159,7 @@ fn assemble<A: Adapter + DefinedAdapter>(
     socket::register(&io, state.clone());
     let router = routes::router(state.clone())
         .layer(socket_layer)
+        .layer(axum::middleware::from_fn(routes::request_head::own_request_head))
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::origin::enforce_origin))
         .layer(cors_layer(&state.settings.server.cors_origins)?);
     let tasks = vec![tokio::spawn(watch_redis(state.clone()))];

@@ -3,6 +3,7 @@
 mod api;
 mod health;
 pub mod origin;
+pub mod request_head;
 
 use std::sync::Arc;
 
