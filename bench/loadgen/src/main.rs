@@ -342,26 +342,49 @@ fn packet_kind(text: &str) -> &str {
 }
 
 enum Phase {
-    AwaitConnect,
-    AwaitWelcome,
+    Handshake,
     AwaitJoin,
     Running,
 }
 
+/// Per-connection Socket.IO state. The CONNECT ack (`40`) and the welcome `notification` may come
+/// in either order (python-socketio sends what the connect handler emits before its CONNECT ack).
 struct ConnState {
     phase: Phase,
+    connected: bool,
+    welcomed: bool,
     join: Option<String>,
     ready: Option<Ready>,
 }
 
 impl ConnState {
+    fn new(join: Option<String>, ready: Ready) -> ConnState {
+        ConnState { phase: Phase::Handshake, connected: false, welcomed: false, join, ready: Some(ready) }
+    }
+
+    fn after_handshake(&mut self) -> Option<String> {
+        if !(self.connected && self.welcomed) {
+            return None;
+        }
+        if let Some(room) = &self.join {
+            self.phase = Phase::AwaitJoin;
+            return Some(format!("421[\"room:join\",{}]", json!(room)));
+        }
+        self.phase = Phase::Running;
+        if let Some(r) = self.ready.take() {
+            let _ = r.send(Ok(false));
+        }
+        None
+    }
+
     /// Handles one Engine.IO message packet (`4` + Socket.IO packet); returns a packet to send
     /// back and whether to stop.
     fn on_socketio(&mut self, pkt: &str, agg: &Mutex<Agg>) -> (Option<String>, bool) {
         match packet_kind(pkt) {
             "40" => {
-                if matches!(self.phase, Phase::AwaitConnect) {
-                    self.phase = Phase::AwaitWelcome;
+                if matches!(self.phase, Phase::Handshake) && !self.connected {
+                    self.connected = true;
+                    return (self.after_handshake(), false);
                 }
                 (None, false)
             }
@@ -373,17 +396,10 @@ impl ConnState {
             }
             "41" => (None, true),
             "42" => {
-                if matches!(self.phase, Phase::AwaitWelcome) && pkt.contains("\"welcome\"") {
+                if matches!(self.phase, Phase::Handshake) && !self.welcomed && pkt.contains("\"welcome\"") {
                     agg.lock().unwrap().welcome += 1;
-                    if let Some(room) = &self.join {
-                        self.phase = Phase::AwaitJoin;
-                        return (Some(format!("421[\"room:join\",{}]", json!(room))), false);
-                    }
-                    self.phase = Phase::Running;
-                    if let Some(r) = self.ready.take() {
-                        let _ = r.send(Ok(false));
-                    }
-                    return (None, false);
+                    self.welcomed = true;
+                    return (self.after_handshake(), false);
                 }
                 agg.lock().unwrap().on_event(pkt);
                 (None, false)
@@ -413,7 +429,7 @@ async fn ws_conn(
     ready: Ready,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut st = ConnState { phase: Phase::AwaitConnect, join, ready: Some(ready) };
+    let mut st = ConnState::new(join, ready);
     let fail = |st: &mut ConnState, e: String| {
         if let Some(r) = st.ready.take() {
             let _ = r.send(Err(e));
@@ -507,7 +523,7 @@ async fn polling_conn(
     ready: Ready,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut st = ConnState { phase: Phase::AwaitConnect, join, ready: Some(ready) };
+    let mut st = ConnState::new(join, ready);
     let fail = |st: &mut ConnState, e: String| {
         if let Some(r) = st.ready.take() {
             let _ = r.send(Err(e));
