@@ -7,6 +7,7 @@
 #                                exits non-zero if the tool cannot connect or receive
 #   options: --servers herald,node,python   --out DIR (default bench/results/<mode>)
 #            --skip-build  (use the binaries / node_modules / venv already there)
+#            --append      keep other servers' results in DIR/results.jsonl (re-run some servers only)
 #
 # Everything targets 127.0.0.1 only; every load is bounded in count and time (--max-secs), and each
 # process (servers and load generators) is held to at most 20,000 open files.
@@ -18,6 +19,7 @@ MODE=small
 SERVERS=herald,node,python
 OUT=""
 SKIP_BUILD=0
+APPEND=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) MODE=smoke; SERVERS=herald ;;
@@ -26,7 +28,8 @@ while [ $# -gt 0 ]; do
     --servers) SERVERS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --skip-build) SKIP_BUILD=1 ;;
-    -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+    --append) APPEND=1 ;;
+    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -34,7 +37,17 @@ done
 OUT="${OUT:-$HERE/results/$MODE}"
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
-: > "$RESULTS"
+if [ "$APPEND" = 1 ] && [ -f "$RESULTS" ]; then
+  # keep other servers' results, drop the ones being re-run
+  python3 - "$RESULTS" "$SERVERS" <<'PY'
+import json, sys
+path, servers = sys.argv[1], set(sys.argv[2].split(","))
+keep = [l for l in open(path) if l.strip() and json.loads(l).get("server") not in servers]
+open(path, "w").writelines(keep)
+PY
+else
+  : > "$RESULTS"
+fi
 
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 if [ "$(ulimit -n)" -gt 20000 ]; then ulimit -n 20000; fi

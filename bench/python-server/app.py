@@ -200,18 +200,19 @@ async def redis_ingress(url):
     pubsub = client.pubsub()
     await pubsub.psubscribe("notify:*")
     prefixes = {"user": "user_", "role": "role_", "project": "project_", "room": ""}
-    async for message in pubsub.listen():
-        if message.get("type") != "pmessage":
+    while True:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        if not message or message.get("type") != "pmessage":
             continue
         try:
             payload = json.loads(message["data"])
-        except ValueError:
-            continue
-        parts = message["channel"].decode().split(":")
-        if parts[1] == "global":
-            await sio.emit("notification", payload)
-        elif parts[1] in prefixes and len(parts) >= 3:
-            await sio.emit("notification", payload, room=prefixes[parts[1]] + ":".join(parts[2:]))
+            parts = message["channel"].decode().split(":")
+            if parts[1] == "global":
+                await sio.emit("notification", payload)
+            elif parts[1] in prefixes and len(parts) >= 3:
+                await sio.emit("notification", payload, room=prefixes[parts[1]] + ":".join(parts[2:]))
+        except Exception as e:  # a bad message never stops the ingress
+            print("redis ingress:", repr(e), flush=True)
 
 
 app = socketio.ASGIApp(sio, other_asgi_app=api)
