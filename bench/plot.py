@@ -20,8 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"herald": "tab:red", "node": "tab:green", "python": "tab:blue"}
-ORDER = ["herald", "node", "python"]
+COLORS = {"herald": "tab:red", "node": "tab:green", "python": "tab:blue", "flask": "tab:purple"}
+ORDER = ["herald", "node", "python", "flask"]
 
 
 def load(dirs):

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Herald benchmarks: Herald vs Node socket.io 4.8 vs python-socketio 5 (ASGI, uvicorn).
+# Herald benchmarks: Herald vs Node socket.io 4.8 vs python-socketio 5 (ASGI, uvicorn) vs
+# Flask-SocketIO 5 (gevent).
 #
 #   bench/run.sh                 small sizes (1k connections), all three servers
 #   bench/run.sh --full          big sizes: 19k connections, fan-out to 1k/10k/19k, targeted at 10k
 #   bench/run.sh --smoke         a few hundred connections against Herald only (< 60 s once built);
 #                                exits non-zero if the tool cannot connect or receive
-#   options: --servers herald,node,python   --out DIR (default bench/results/<mode>)
+#   options: --servers herald,node,python,flask   --out DIR (default bench/results/<mode>)
 #            --skip-build  (use the binaries / node_modules / venv already there)
 #            --append      keep other servers' results in DIR/results.jsonl (re-run some servers only)
 #
@@ -16,7 +17,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 MODE=small
-SERVERS=herald,node,python
+SERVERS=herald,node,python,flask
 OUT=""
 SKIP_BUILD=0
 APPEND=0
@@ -81,7 +82,7 @@ if [ "$SKIP_BUILD" = 0 ]; then
   if has node && [ ! -d "$HERE/node-server/node_modules" ]; then
     log "npm ci"; (cd "$HERE/node-server" && npm ci --no-audit --no-fund --silent)
   fi
-  if has python || [ "$MODE" != smoke ]; then
+  if has python || has flask || [ "$MODE" != smoke ]; then
     if [ ! -x "$HERE/.venv/bin/uvicorn" ] || ! cmp -s "$HERE/python-server/requirements.txt" "$HERE/.venv/requirements.txt"; then
       log "python venv"; python3 -m venv "$HERE/.venv"
       "$HERE/.venv/bin/pip" install --quiet -r "$HERE/python-server/requirements.txt"
@@ -124,6 +125,10 @@ start_server() { # name [redis]
       (cd "$HERE/python-server" && JWT_SECRET="$SECRET" API_KEYS="$KEY" REDIS_URL="$redis_url" \
         exec "$HERE/.venv/bin/uvicorn" app:app --host 127.0.0.1 --port "$PORT" --log-level warning) \
         > "$OUT/python.log" 2>&1 &
+      ;;
+    flask)
+      (cd "$HERE/python-server" && PORT="$PORT" JWT_SECRET="$SECRET" API_KEYS="$KEY" REDIS_URL="$redis_url" \
+        exec "$HERE/.venv/bin/python" flask_app.py) > "$OUT/flask.log" 2>&1 &
       ;;
   esac
   SERVER_PID=$!
@@ -186,7 +191,7 @@ run_server_suite() { # name
   done
   local msgs="$FANOUT_MSGS"
   # python-socketio needs seconds per message at 10k+ sockets: fewer sends keep the run bounded
-  if [ "$name" = python ] && [ "$MODE" = full ]; then msgs=20; fi
+  if { [ "$name" = python ] || [ "$name" = flask ]; } && [ "$MODE" = full ]; then msgs=20; fi
   for n in $FANOUT_SIZES; do
     lg "$name" fanout --conns "$n" --workers "$WORKERS" --polling-share "$POLL" --join-room team-updates \
       --messages "$msgs" --msg-timeout-secs 10 --max-secs "$MAXS" --tag "fanout-$n"
