@@ -197,10 +197,10 @@ run_server_suite() { # name
       --messages "$msgs" --msg-timeout-secs 10 --max-secs "$MAXS" --tag "fanout-$n"
   done
   lg "$name" targeted --conns "$TARGET_CONNS" --workers "$WORKERS" --rates "$RATES_1" --step-secs "$STEP" \
-    --batch 1 --http-concurrency 32 --max-secs "$MAXS" --tag "targeted-http-b1"
+    --batch 1 --http-concurrency 32 --break-p99-ms 250 --max-secs "$MAXS" --tag "targeted-http-b1"
   if [ -n "$RATES_B" ]; then
     lg "$name" targeted --conns "$TARGET_CONNS" --workers "$WORKERS" --rates "$RATES_B" --step-secs "$STEP" \
-      --batch 100 --http-concurrency 16 --max-secs "$MAXS" --tag "targeted-http-b100"
+      --batch 100 --http-concurrency 16 --break-p99-ms 250 --max-secs "$MAXS" --tag "targeted-http-b100"
   fi
   stop_server
   if [ -n "$RATES_REDIS" ]; then
@@ -217,7 +217,7 @@ run_server_suite() { # name
       echo "{\"scenario\":\"targeted\",\"ingress\":\"redis\",\"server\":\"herald\",\"status\":\"n/a\",\"reason\":\"Herald Redis ingress (notify:user:<id>) not in this build\"}" >> "$RESULTS"
     else
       lg "$name" targeted --conns "$TARGET_CONNS" --workers "$WORKERS" --rates "$RATES_REDIS" --step-secs "$STEP" \
-        --ingress redis --redis-addr "127.0.0.1:$REDIS_PORT" --http-concurrency 4 --max-secs "$MAXS" --tag "targeted-redis"
+        --ingress redis --redis-addr "127.0.0.1:$REDIS_PORT" --http-concurrency 4 --break-p99-ms 250 --max-secs "$MAXS" --tag "targeted-redis"
     fi
     stop_server
   fi
