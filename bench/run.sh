@@ -182,6 +182,10 @@ case "$MODE" in
     STEP=3; WORKERS=2; MAXS=120; POLL=0.01 ;;
 esac
 
+# sizes can be overridden for a dry run of a mode at another scale
+CONNECT_SIZES="${BENCH_CONNECT_SIZES:-$CONNECT_SIZES}"; FANOUT_SIZES="${BENCH_FANOUT_SIZES:-$FANOUT_SIZES}"
+TARGET_CONNS="${BENCH_TARGET_CONNS:-$TARGET_CONNS}"; MAXS="${BENCH_MAX_SECS:-$MAXS}"
+
 run_server_suite() { # name
   local name="$1"
   start_server "$name" || { FAILED=$((FAILED + 1)); return; }

@@ -1071,6 +1071,7 @@ async fn run_fanout(common: Common, messages: u32, msg_timeout_secs: u64, gap_ms
         "delivery_max_ms": jnum(if all.is_empty() { f64::NAN } else { ms(all.max()) }),
         "http_p50_ms": jnum(pct(&http_hist, 0.5)), "send_secs": jnum(send_secs),
         "server_cpu_secs": cpu.map(jnum),
+        "server_cpu_ms_per_message": cpu.map(|c| jnum(c * 1000.0 / sent.max(1) as f64)),
         "cpu_secs_per_100k_deliveries": cpu.map(|c| jnum(c / received.max(1) as f64 * 100_000.0)),
         "deliveries_per_cpu_sec": cpu.map(|c| jnum(received as f64 / c.max(1e-9))),
         "connect_rate": jnum(t.connected as f64 / t.connect_secs.max(1e-9)), "errors": t.errors, "workers": common.workers,
