@@ -185,6 +185,8 @@ def summary(rows, out):
             return f"{fmt(r.get('last_socket_p50_ms'))} / {fmt(r.get('last_socket_p99_ms'))} / {fmt(r.get('last_socket_max_ms'))} ({r.get('messages')} msgs{inc})"
         row(f"fan-out {n}: last socket p50 / p99 / max ms", cell)
         row(f"fan-out {n}: deliveries per CPU-s", lambda s, n=n: next((fmt(r.get("deliveries_per_cpu_sec"), 0) for r in fan(s) if r["conns"] == n), "–"))
+        if any(r.get("server_cpu_ms_per_message") is not None for r in rows if r.get("scenario") == "fanout"):
+            row(f"fan-out {n}: server CPU ms per message", lambda s, n=n: next((fmt(r.get("server_cpu_ms_per_message")) for r in fan(s) if r["conns"] == n), "–"))
     for ing, batch, label in (("http", 1, "HTTP, 1 user/request"), ("http", 100, "HTTP, 100 users/request"), ("redis", 1, "Redis PUBLISH")):
         def cell(s, ing=ing, batch=batch):
             na = next((r for r in rows if r.get("server") == s and r.get("ingress") == ing and r.get("status") == "n/a"), None)
