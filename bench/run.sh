@@ -151,6 +151,7 @@ stop_server() {
 }
 
 FAILED=0
+PASSED=0
 lg() { # name scenario args...: one bounded load-generator run
   local name="$1"; shift
   local scenario="$1"; shift
@@ -161,6 +162,8 @@ lg() { # name scenario args...: one bounded load-generator run
       >> "$OUT/loadgen.stdout" 2> "$errlog"; then
     log "$name: $scenario FAILED (see $OUT/loadgen.log)"
     FAILED=$((FAILED + 1))
+  else
+    PASSED=$((PASSED + 1))
   fi
   cat "$errlog" >> "$OUT/loadgen.log"
   grep '^\[' "$errlog" >&2 || true
@@ -236,4 +239,5 @@ log "done in $(( $(date +%s) - START ))s; $FAILED failed; results in $RESULTS"
 if [ "$MODE" != smoke ] && [ -x "$HERE/.venv/bin/python" ]; then
   "$HERE/.venv/bin/python" "$HERE/plot.py" "$OUT" || log "plot failed"
 fi
+echo "bench $MODE: $PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]
