@@ -6,7 +6,8 @@
 #   bench/run.sh --full          big sizes: 19k connections, fan-out to 1k/10k/19k, targeted at 10k
 #   bench/run.sh --smoke         a few hundred connections against Herald only (< 60 s once built);
 #                                exits non-zero if the tool cannot connect or receive
-#   options: --servers herald,node,python,flask   --out DIR (default bench/results/<mode>)
+#   options: --servers herald,node,python,flask   --out DIR (default bench/results/<mode>;
+#            smoke: $TMPDIR/herald-bench-smoke)
 #            --skip-build  (use the binaries / node_modules / venv already there)
 #            --append      keep other servers' results in DIR/results.jsonl (re-run some servers only)
 #
@@ -35,7 +36,11 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-OUT="${OUT:-$HERE/results/$MODE}"
+if [ "$MODE" = smoke ]; then
+  OUT="${OUT:-${TMPDIR:-/tmp}/herald-bench-smoke}" # a smoke run leaves the work tree clean
+else
+  OUT="${OUT:-$HERE/results/$MODE}"
+fi
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
 if [ "$APPEND" = 1 ] && [ -f "$RESULTS" ]; then
