@@ -2,7 +2,7 @@
 # Herald benchmarks: Herald vs Node socket.io 4.8 vs python-socketio 5 (ASGI, uvicorn) vs
 # Flask-SocketIO 5 (gevent).
 #
-#   bench/run.sh                 small sizes (1k connections), all three servers
+#   bench/run.sh                 small sizes (1k connections), all four servers
 #   bench/run.sh --full          big sizes: 19k connections, fan-out to 1k/10k/19k, targeted at 10k
 #   bench/run.sh --smoke         a few hundred connections against Herald only (< 60 s once built);
 #                                exits non-zero if the tool cannot connect or receive
@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift ;;
     --skip-build) SKIP_BUILD=1 ;;
     --append) APPEND=1 ;;
-    -h|--help) sed -n 2,13p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
