@@ -10,6 +10,7 @@
 #            smoke: $TMPDIR/herald-bench-smoke)
 #            --skip-build  (use the binaries / node_modules / venv already there)
 #            --append      keep other servers' results in DIR/results.jsonl (re-run some servers only)
+#            --scenarios connect,fanout,targeted,redis   (default: all)
 #
 # Everything targets 127.0.0.1 only; every load is bounded in count and time (--max-secs), and each
 # process (servers and load generators) is held to at most 20,000 open files.
@@ -22,6 +23,7 @@ SERVERS=herald,node,python,flask
 OUT=""
 SKIP_BUILD=0
 APPEND=0
+SCENARIOS=connect,fanout,targeted,redis
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) MODE=smoke; SERVERS=herald ;;
@@ -31,7 +33,8 @@ while [ $# -gt 0 ]; do
     --out) OUT="$2"; shift ;;
     --skip-build) SKIP_BUILD=1 ;;
     --append) APPEND=1 ;;
-    -h|--help) sed -n 2,15p "$0"; exit 0 ;;
+    --scenarios) SCENARIOS="$2"; shift ;;
+    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -78,6 +81,7 @@ free_port() {
 }
 
 has() { [[ ",$SERVERS," == *",$1,"* ]]; }
+want() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 
 # ------------------------------------------------------------------------------------------ build
 if [ "$SKIP_BUILD" = 0 ]; then
@@ -197,25 +201,25 @@ TARGET_CONNS="${BENCH_TARGET_CONNS:-$TARGET_CONNS}"; MAXS="${BENCH_MAX_SECS:-$MA
 run_server_suite() { # name
   local name="$1"
   start_server "$name" || { FAILED=$((FAILED + 1)); return; }
-  for n in $CONNECT_SIZES; do
+  want connect && for n in $CONNECT_SIZES; do
     lg "$name" connect --conns "$n" --workers "$WORKERS" --polling-share "$POLL" --join-room team-updates \
       --connect-concurrency 64 --hold-secs 3 --max-secs "$MAXS" --tag "connect-$n"
   done
   local msgs="$FANOUT_MSGS"
   # python-socketio needs seconds per message at 10k+ sockets: fewer sends keep the run bounded
   if { [ "$name" = python ] || [ "$name" = flask ]; } && [ "$MODE" = full ]; then msgs=20; fi
-  for n in $FANOUT_SIZES; do
+  want fanout && for n in $FANOUT_SIZES; do
     lg "$name" fanout --conns "$n" --workers "$WORKERS" --polling-share "$POLL" --join-room team-updates \
       --messages "$msgs" --msg-timeout-secs 10 --max-secs "$MAXS" --tag "fanout-$n"
   done
-  lg "$name" targeted --conns "$TARGET_CONNS" --workers "$WORKERS" --rates "$RATES_1" --step-secs "$STEP" \
+  want targeted && lg "$name" targeted --conns "$TARGET_CONNS" --workers "$WORKERS" --rates "$RATES_1" --step-secs "$STEP" \
     --batch 1 --http-concurrency 32 --break-p99-ms 250 --max-secs "$MAXS" --tag "targeted-http-b1"
-  if [ -n "$RATES_B" ]; then
+  if [ -n "$RATES_B" ] && want targeted; then
     lg "$name" targeted --conns "$TARGET_CONNS" --workers "$WORKERS" --rates "$RATES_B" --step-secs "$STEP" \
       --batch 100 --http-concurrency 16 --break-p99-ms 250 --max-secs "$MAXS" --tag "targeted-http-b100"
   fi
   stop_server
-  if [ -n "$RATES_REDIS" ]; then
+  if [ -n "$RATES_REDIS" ] && want redis; then
     start_redis
     if [ -z "$REDIS_PID" ]; then
       echo "{\"scenario\":\"targeted\",\"ingress\":\"redis\",\"server\":\"$name\",\"status\":\"n/a\",\"reason\":\"no redis-server\"}" >> "$RESULTS"
