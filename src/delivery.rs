@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use socketioxide::adapter::Adapter;
+use socketioxide::BroadcastError;
 use socketioxide::SocketIo;
 
 use crate::configuration::DeliverySettings;
@@ -88,7 +89,10 @@ pub enum DeliveryError {
 
 /// What the delivery path needs from the Socket.IO layer, whatever its adapter.
 pub trait Sockets: Send + Sync + 'static {
-    fn apply<'a>(&'a self, command: &'a Command, scope: Scope) -> BoxFuture<'a, Result<(), DeliveryError>>;
+    /// Applies `command`. `Ok(n)`: done, except for `n` sockets that could not take the packet
+    /// (closed, or too slow: their buffer was full). One slow socket is that socket's problem,
+    /// not an error of the command.
+    fn apply<'a>(&'a self, command: &'a Command, scope: Scope) -> BoxFuture<'a, Result<usize, DeliveryError>>;
     /// Sockets connected to this instance, over every namespace.
     fn local_connections(&self) -> usize;
     /// The users with a socket on this instance.
@@ -100,7 +104,7 @@ pub trait Sockets: Send + Sync + 'static {
 }
 
 impl<A: Adapter> Sockets for SocketIo<A> {
-    fn apply<'a>(&'a self, command: &'a Command, scope: Scope) -> BoxFuture<'a, Result<(), DeliveryError>> {
+    fn apply<'a>(&'a self, command: &'a Command, scope: Scope) -> BoxFuture<'a, Result<usize, DeliveryError>> {
         Box::pin(async move {
             let target = command.target();
             let ns = self
@@ -111,10 +115,10 @@ impl<A: Adapter> Sockets for SocketIo<A> {
                 ops = ops.local();
             }
             let result = match command {
-                Command::Emit { event, args, .. } => ops.emit(event, args).await.map_err(|e| e.to_string()),
-                Command::Join { rooms, .. } => ops.join(rooms.clone()).await.map_err(|e| e.to_string()),
-                Command::Leave { rooms, .. } => ops.leave(rooms.clone()).await.map_err(|e| e.to_string()),
-                Command::Disconnect { .. } => ops.disconnect().await.map_err(|e| e.to_string()),
+                Command::Emit { event, args, .. } => unreachable_sockets(ops.emit(event, args).await),
+                Command::Join { rooms, .. } => ops.join(rooms.clone()).await.map(|()| 0).map_err(|e| e.to_string()),
+                Command::Leave { rooms, .. } => ops.leave(rooms.clone()).await.map(|()| 0).map_err(|e| e.to_string()),
+                Command::Disconnect { .. } => unreachable_sockets(ops.disconnect().await),
             };
             result.map_err(DeliveryError::Socket)
         })
@@ -148,6 +152,15 @@ impl<A: Adapter> Sockets for SocketIo<A> {
             }
             Ok(total)
         })
+    }
+}
+
+/// Separates the sockets a broadcast could not reach from a failure of the broadcast itself.
+fn unreachable_sockets(result: Result<(), BroadcastError>) -> Result<usize, String> {
+    match result {
+        Ok(()) => Ok(0),
+        Err(BroadcastError::Socket(errors)) => Ok(errors.len()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -338,13 +351,23 @@ impl Delivery {
 
     /// Non-stored commands: through the adapter, or this instance only when that fails.
     async fn apply_plain(&self, command: &Command, scope: Scope) -> Result<(), DeliveryError> {
-        match self.inner.sockets.apply(command, scope).await {
+        let result = match self.inner.sockets.apply(command, scope).await {
             Err(DeliveryError::Socket(e)) if scope == Scope::Cluster => {
                 self.inner.metrics.inc("herald_cluster_fallbacks_total", &[]);
                 tracing::debug!(error = %e, "cluster emit failed: delivering on this instance only");
                 self.inner.sockets.apply(command, Scope::Local).await
             }
             other => other,
+        };
+        result.map(|unreachable| self.note_unreachable(unreachable))
+    }
+
+    /// Counts sockets that missed a packet because they were closed or too slow. Stored
+    /// notifications come back to them by replay when they reconnect.
+    fn note_unreachable(&self, sockets: usize) {
+        if sockets > 0 {
+            self.inner.metrics.add("herald_unreachable_sockets_total", &[], sockets as u64);
+            tracing::debug!(sockets, "sockets missed a packet (closed or buffer full)");
         }
     }
 
@@ -381,7 +404,7 @@ impl Delivery {
     /// Delivers a stored emit to this instance's sockets, with its id in the payload.
     pub async fn apply_stored_locally(&self, nid: StreamId, command: Command) -> Result<(), DeliveryError> {
         let Command::Emit { mut target, event, mut args } = command else {
-            return self.inner.sockets.apply(&command, Scope::Local).await;
+            return self.inner.sockets.apply(&command, Scope::Local).await.map(|n| self.note_unreachable(n));
         };
         stamp_id(&mut args, nid);
         let _gate = self.inner.gate.read().await;
@@ -394,7 +417,9 @@ impl Delivery {
             }
             recent.forget_old();
         }
-        self.inner.sockets.apply(&Command::Emit { target, event, args }, Scope::Local).await
+        let unreachable = self.inner.sockets.apply(&Command::Emit { target, event, args }, Scope::Local).await?;
+        self.note_unreachable(unreachable);
+        Ok(())
     }
 
     /// A sortable id made on this instance, for notifications that are not (or could not be)

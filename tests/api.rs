@@ -161,3 +161,24 @@ async fn shutdown_closes_every_socket_and_returns() {
     let finished = tokio::time::timeout(Duration::from_secs(5), stopping).await;
     assert!(matches!(finished, Ok(Ok(Ok(())))), "shutdown finished cleanly: {finished:?}");
 }
+
+#[tokio::test]
+async fn a_socket_too_slow_to_take_packets_does_not_fail_the_request() {
+    let app = spawn_app().await;
+    let token = app.token("slow");
+    // A long-polling client that connects, then never polls again: its buffer fills up.
+    let open = app.http.get(app.url(&format!("/socket.io/?EIO=4&transport=polling&token={token}"))).send().await.unwrap().text().await.unwrap();
+    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"].as_str().unwrap().to_string();
+    let poll_url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}&token={token}"));
+    assert_eq!(app.http.post(&poll_url).body("40").send().await.unwrap().status(), 200);
+    app.wait_for_connections(1).await;
+    let mut other_tab = app.connect("slow").await;
+
+    for i in 0..400 {
+        let (status, body) = app.post("/api/v1/notify", json!({ "to": { "user": "slow" }, "type": "t", "message": format!("{i}") })).await;
+        assert_eq!(status, 202, "notification {i}: {body}");
+        assert_eq!(other_tab.next_notification().await.unwrap()["message"], format!("{i}"));
+    }
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("herald_unreachable_sockets_total"), "{metrics}");
+}
