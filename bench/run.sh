@@ -63,8 +63,12 @@ if [ "$(ulimit -n)" -gt 20000 ]; then ulimit -n 20000; fi
 
 SECRET="${BENCH_JWT_SECRET:-bench-secret-0123456789abcdef0123456789}"
 KEY="${BENCH_API_KEY:-bench-api-key}"
-LOADGEN="$HERE/loadgen/target/release/herald-loadgen"
-HERALD="$ROOT/target/release/herald"
+# Measurements need release builds. The smoke run only checks that the tool still works: it
+# builds the load generator in debug and uses the Herald binary the test command already built
+# (HERALD_BIN), which keeps it to a minute or two in CI.
+if [ "$MODE" = smoke ]; then PROFILE=debug; else PROFILE=release; fi
+LOADGEN="$HERE/loadgen/target/$PROFILE/herald-loadgen"
+HERALD="${HERALD_BIN:-$ROOT/target/$PROFILE/herald}"
 PIDS=()
 
 log() { echo "[run.sh $(date -u +%H:%M:%S)] $*" >&2; }
@@ -86,8 +90,15 @@ want() { [[ ",$SCENARIOS," == *",$1,"* ]]; }
 # ------------------------------------------------------------------------------------------ build
 if [ "$SKIP_BUILD" = 0 ]; then
   log "building loadgen"
-  cargo build --release --quiet --manifest-path "$HERE/loadgen/Cargo.toml"
-  if has herald; then log "building herald --release"; (cd "$ROOT" && cargo build --release --quiet); fi
+  if [ "$PROFILE" = release ]; then
+    cargo build --release --quiet --manifest-path "$HERE/loadgen/Cargo.toml"
+  else
+    cargo build --quiet --manifest-path "$HERE/loadgen/Cargo.toml"
+  fi
+  if has herald && [ -z "${HERALD_BIN:-}" ]; then
+    log "building herald ($PROFILE)"
+    if [ "$PROFILE" = release ]; then (cd "$ROOT" && cargo build --release --quiet); else (cd "$ROOT" && cargo build --quiet --bins); fi
+  fi
   if has node && [ ! -d "$HERE/node-server/node_modules" ]; then
     log "npm ci"; (cd "$HERE/node-server" && npm ci --no-audit --no-fund --silent)
   fi
