@@ -67,19 +67,14 @@ impl Verifier {
     pub fn new(settings: &AuthSettings) -> anyhow::Result<Verifier> {
         let mut algorithms = HashSet::new();
         for name in &settings.algorithms {
-            let alg: Algorithm = name
-                .trim()
-                .parse()
-                .map_err(|_| anyhow::anyhow!("auth.algorithms: unknown algorithm {name:?}"))?;
+            let alg: Algorithm = name.trim().parse().map_err(|_| anyhow::anyhow!("auth.algorithms: unknown algorithm {name:?}"))?;
             algorithms.insert(alg);
         }
-        let hmac = (!settings.jwt_secret.is_empty())
-            .then(|| DecodingKey::from_secret(settings.jwt_secret.as_bytes()));
+        let hmac = (!settings.jwt_secret.is_empty()).then(|| DecodingKey::from_secret(settings.jwt_secret.as_bytes()));
         let (mut rsa, mut ec) = (None, None);
         if !settings.public_key_pem.is_empty() {
-            let pem = std::fs::read(&settings.public_key_pem).map_err(|e| {
-                anyhow::anyhow!("auth.public_key_pem: cannot read {}: {e}", settings.public_key_pem)
-            })?;
+            let pem = std::fs::read(&settings.public_key_pem)
+                .map_err(|e| anyhow::anyhow!("auth.public_key_pem: cannot read {}: {e}", settings.public_key_pem))?;
             rsa = DecodingKey::from_rsa_pem(&pem).ok();
             ec = DecodingKey::from_ec_pem(&pem).ok();
             if rsa.is_none() && ec.is_none() {
@@ -110,19 +105,15 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp"]);
         validation.validate_nbf = true;
         validation.leeway = self.leeway;
-        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &validation)
-            .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => Refusal::TokenExpired,
-                _ => Refusal::InvalidToken,
-            })?;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, key, &validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => Refusal::TokenExpired,
+            _ => Refusal::InvalidToken,
+        })?;
         self.identity(&data.claims).ok_or(Refusal::InvalidToken)
     }
 
     fn identity(&self, claims: &serde_json::Map<String, Value>) -> Option<Identity> {
-        let user_id = claims
-            .get(&self.user_claim)
-            .and_then(scalar_to_string)
-            .or_else(|| claims.get("sub").and_then(scalar_to_string))?;
+        let user_id = claims.get(&self.user_claim).and_then(scalar_to_string).or_else(|| claims.get("sub").and_then(scalar_to_string))?;
         let role = claims.get("role").and_then(scalar_to_string);
         let projects = match claims.get("projects") {
             Some(Value::Array(items)) => items.iter().filter_map(scalar_to_string).collect(),
@@ -197,13 +188,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Mints a token for development (`herald token`), signed with the HS256 secret.
-pub fn mint_dev_token(
-    secret: &str,
-    user_id: &str,
-    role: Option<&str>,
-    projects: &[String],
-    ttl_secs: u64,
-) -> anyhow::Result<String> {
+pub fn mint_dev_token(secret: &str, user_id: &str, role: Option<&str>, projects: &[String], ttl_secs: u64) -> anyhow::Result<String> {
     let exp = now_secs() + ttl_secs;
     let mut claims = serde_json::json!({ "user_id": user_id, "exp": exp, "iat": now_secs() });
     if let Some(role) = role {

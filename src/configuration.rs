@@ -110,10 +110,7 @@ pub struct RedisSettings {
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        Self {
-            url: String::new(),
-            python_channels: vec!["flask-socketio".into(), "socketio".into()],
-        }
+        Self { url: String::new(), python_channels: vec!["flask-socketio".into(), "socketio".into()] }
     }
 }
 
@@ -128,12 +125,7 @@ pub struct SocketIoSettings {
 
 impl Default for SocketIoSettings {
     fn default() -> Self {
-        Self {
-            namespaces: vec!["/".into()],
-            ping_interval_secs: 15,
-            ping_timeout_secs: 30,
-            max_payload_bytes: 1_000_000,
-        }
+        Self { namespaces: vec!["/".into()], ping_interval_secs: 15, ping_timeout_secs: 30, max_payload_bytes: 1_000_000 }
     }
 }
 
@@ -149,16 +141,9 @@ pub struct RoomSettings {
 impl Default for RoomSettings {
     fn default() -> Self {
         Self {
-            joinable: [
-                "queue-updates",
-                "test-progress-*",
-                "test-history-updates",
-                "system-alerts",
-                "team-updates",
-                "shared-tests",
-            ]
-            .map(String::from)
-            .to_vec(),
+            joinable: ["queue-updates", "test-progress-*", "test-history-updates", "system-alerts", "team-updates", "shared-tests"]
+                .map(String::from)
+                .to_vec(),
             max_name_bytes: 200,
         }
     }
@@ -246,19 +231,12 @@ impl Settings {
     /// Reads the file at `path` (which must exist unless it is the default `config.toml`), then
     /// the `HERALD__*` environment.
     pub fn load(path: &Path, path_is_explicit: bool) -> Result<Settings, config::ConfigError> {
-        let mut env = config::Environment::with_prefix("HERALD")
-            .prefix_separator("__")
-            .separator("__")
-            .list_separator(",")
-            .try_parsing(true);
+        let mut env =
+            config::Environment::with_prefix("HERALD").prefix_separator("__").separator("__").list_separator(",").try_parsing(true);
         for key in LIST_KEYS {
             env = env.with_list_parse_key(key);
         }
-        config::Config::builder()
-            .add_source(config::File::from(path).required(path_is_explicit))
-            .add_source(env)
-            .build()?
-            .try_deserialize()
+        config::Config::builder().add_source(config::File::from(path).required(path_is_explicit)).add_source(env).build()?.try_deserialize()
     }
 
     /// Refuses settings that cannot work, with the reason an operator needs.

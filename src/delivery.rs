@@ -107,9 +107,7 @@ impl<A: Adapter> Sockets for SocketIo<A> {
     fn apply<'a>(&'a self, command: &'a Command, scope: Scope) -> BoxFuture<'a, Result<usize, DeliveryError>> {
         Box::pin(async move {
             let target = command.target();
-            let ns = self
-                .of(&target.namespace)
-                .ok_or_else(|| DeliveryError::UnknownNamespace(target.namespace.clone()))?;
+            let ns = self.of(&target.namespace).ok_or_else(|| DeliveryError::UnknownNamespace(target.namespace.clone()))?;
             let mut ops = ns.to(target.rooms.clone()).except(target.except.clone());
             if scope == Scope::Local {
                 ops = ops.local();

@@ -50,10 +50,7 @@ pub fn welcome(user_id: Option<&str>, sid: &str) -> Value {
         ("timestamp".into(), iso_now().into()),
         (
             "data".into(),
-            Value::Object(vec![
-                ("user_id".into(), user_id.map(Value::from).unwrap_or(Value::Null)),
-                ("sid".into(), sid.into()),
-            ]),
+            Value::Object(vec![("user_id".into(), user_id.map(Value::from).unwrap_or(Value::Null)), ("sid".into(), sid.into())]),
         ),
     ])
 }

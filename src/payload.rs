@@ -185,9 +185,7 @@ pub mod stored {
                 serde_json::json!({ BINARY_KEY: base64::engine::general_purpose::STANDARD.encode(bytes) })
             }
             Value::Array(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
-            Value::Object(fields) => {
-                serde_json::Value::Object(fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect())
-            }
+            Value::Object(fields) => serde_json::Value::Object(fields.iter().map(|(k, v)| (k.clone(), to_json(v))).collect()),
             other => serde_json::to_value(other).unwrap_or(serde_json::Value::Null),
         }
     }

@@ -50,8 +50,7 @@ pub async fn replay<A: Adapter>(delivery: &Delivery, socket: &SocketRef<A>, join
     let _gate = delivery.gate().write().await;
     {
         let mut recent = delivery.recent();
-        let live: HashSet<StreamId> =
-            recent.applied.iter().filter(|(seq, _, _)| *seq >= joined.sequence).map(|(_, nid, _)| *nid).collect();
+        let live: HashSet<StreamId> = recent.applied.iter().filter(|(seq, _, _)| *seq >= joined.sequence).map(|(_, nid, _)| *nid).collect();
         entries.retain(|e| !live.contains(&e.nid));
         let now = std::time::Instant::now();
         for entry in &entries {
@@ -181,7 +180,9 @@ fn item(entry: &Entry, read: bool) -> Json {
             json["read"] = Json::Bool(read);
             json
         }
-        _ => json!({ "id": entry.nid.to_string(), "event": entry.event, "args": serde_json::to_value(&args.0).unwrap_or(Json::Null), "read": read }),
+        _ => {
+            json!({ "id": entry.nid.to_string(), "event": entry.event, "args": serde_json::to_value(&args.0).unwrap_or(Json::Null), "read": read })
+        }
     }
 }
 

@@ -118,10 +118,9 @@ impl Application {
             let _ = stop_accepting.send(());
         };
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
-        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = accepting_stopped.await;
-            });
+        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
+            let _ = accepting_stopped.await;
+        });
         let serve = tokio::spawn(async move { serve.await });
         drain.await;
         let result = match tokio::time::timeout(grace, serve).await {

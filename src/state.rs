@@ -36,7 +36,13 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(settings: Settings, verifier: Verifier, delivery: Delivery, metrics: Arc<Metrics>, redis: Option<ResilientDriver>) -> AppState {
+    pub fn new(
+        settings: Settings,
+        verifier: Verifier,
+        delivery: Delivery,
+        metrics: Arc<Metrics>,
+        redis: Option<ResilientDriver>,
+    ) -> AppState {
         let node_id = settings.server.node_id();
         let presence = redis.as_ref().and_then(|driver| {
             Presence::new(&settings.redis.url, driver.watch_state(), &node_id)

@@ -15,7 +15,10 @@ async fn notify_builds_the_envelope_for_every_tab_of_the_user() {
     let mut stranger = app.connect("43").await;
 
     let (status, body) = app
-        .post("/api/v1/notify", json!({ "to": { "user": 42 }, "type": "grade", "message": "Essay graded", "data": { "score": 9.5 }, "priority": 3 }))
+        .post(
+            "/api/v1/notify",
+            json!({ "to": { "user": 42 }, "type": "grade", "message": "Essay graded", "data": { "score": 9.5 }, "priority": 3 }),
+        )
         .await;
     assert_eq!(status, 202);
     let id = body["id"].as_str().expect("id").to_string();
@@ -72,7 +75,10 @@ async fn emit_sends_any_event_with_several_arguments_to_rooms_except_others() {
         assert_eq!(c.call("room:join", &[json!("shared-tests")]).await["ok"], true);
     }
     let (status, _) = app
-        .post("/api/v1/emit", json!({ "event": "test:done", "args": [1, "two", { "three": 3 }, null], "rooms": ["shared-tests"], "except": ["user_2"] }))
+        .post(
+            "/api/v1/emit",
+            json!({ "event": "test:done", "args": [1, "two", { "three": 3 }, null], "rooms": ["shared-tests"], "except": ["user_2"] }),
+        )
         .await;
     assert_eq!(status, 202);
     assert_eq!(a.next_event("test:done").await, Some(vec![json!(1), json!("two"), json!({ "three": 3 }), Value::Null]));
@@ -167,7 +173,8 @@ async fn a_socket_too_slow_to_take_packets_does_not_fail_the_request() {
     let app = spawn_app().await;
     let token = app.token("slow");
     // A long-polling client that connects, then never polls again: its buffer fills up.
-    let open = app.http.get(app.url(&format!("/socket.io/?EIO=4&transport=polling&token={token}"))).send().await.unwrap().text().await.unwrap();
+    let open =
+        app.http.get(app.url(&format!("/socket.io/?EIO=4&transport=polling&token={token}"))).send().await.unwrap().text().await.unwrap();
     let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"].as_str().unwrap().to_string();
     let poll_url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}&token={token}"));
     assert_eq!(app.http.post(&poll_url).body("40").send().await.unwrap().status(), 200);

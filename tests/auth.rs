@@ -56,7 +56,9 @@ async fn refusals_carry_the_spec_message() {
     let refused_huge = TestClient::connect(app.addr, "", Some(huge), "/").await.err();
     assert_eq!(refused_huge.as_deref(), Some("invalid token"));
     // HS384 is a valid HMAC algorithm but not a configured one.
-    let hs384 = encode(&Header::new(Algorithm::HS384), &json!({ "user_id": 1, "exp": now() + 60 }), &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+    let hs384 =
+        encode(&Header::new(Algorithm::HS384), &json!({ "user_id": 1, "exp": now() + 60 }), &EncodingKey::from_secret(SECRET.as_bytes()))
+            .unwrap();
     assert_eq!(refused(format!("token={hs384}")).await.as_deref(), Some("invalid token"));
 
     // After all that, the server still serves.
@@ -80,13 +82,8 @@ async fn rs256_with_a_public_key_and_no_algorithm_confusion() {
         .status()
         .expect("openssl runs");
     assert!(status.success());
-    let status = std::process::Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .unwrap();
+    let status =
+        std::process::Command::new("openssl").args(["pkey", "-pubout", "-in"]).arg(&private).arg("-out").arg(&public).status().unwrap();
     assert!(status.success());
 
     let public_path = public.to_string_lossy().to_string();
@@ -97,7 +94,8 @@ async fn rs256_with_a_public_key_and_no_algorithm_confusion() {
     })
     .await;
     let claims = json!({ "user_id": "u-1", "exp": now() + 60 });
-    let good = encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap()).unwrap();
+    let good =
+        encode(&Header::new(Algorithm::RS256), &claims, &EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap()).unwrap();
     let client = TestClient::connect(app.addr, &format!("token={good}"), None, "/").await;
     assert!(client.is_ok(), "{:?}", client.err());
 

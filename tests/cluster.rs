@@ -133,7 +133,8 @@ async fn redis_ingress_is_stored_once_and_replayed_on_another_instance() {
 
     let mut expected = vec![];
     for (instance, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
-        let (_, body) = instance.post("/api/v1/notify", json!({ "to": { "user": 7 }, "type": "t", "message": format!("via http {name}") })).await;
+        let (_, body) =
+            instance.post("/api/v1/notify", json!({ "to": { "user": 7 }, "type": "t", "message": format!("via http {name}") })).await;
         expected.push(body["id"].as_str().unwrap().to_string());
     }
     redis.command(&["PUBLISH", "notify:user:7", r#"{"type":"t","message":"via notify"}"#]);
@@ -160,7 +161,10 @@ async fn redis_ingress_is_stored_once_and_replayed_on_another_instance() {
 
     let metrics = reqwest::get(c.url("/metrics")).await.unwrap().text().await.unwrap();
     for source in ["python", "node", "notify"] {
-        assert!(metrics.contains(&format!("herald_ingress_messages_total{{source=\"{source}\",outcome=\"malformed\"}} 1")), "{source}: {metrics}");
+        assert!(
+            metrics.contains(&format!("herald_ingress_messages_total{{source=\"{source}\",outcome=\"malformed\"}} 1")),
+            "{source}: {metrics}"
+        );
     }
 }
 

@@ -121,7 +121,11 @@ async fn history_and_read_state_over_the_socket_and_http() {
     assert_eq!(page["ok"], true);
     assert_eq!(page["unread"], 4);
     let items = page["items"].as_array().unwrap();
-    assert_eq!(items.iter().map(|i| i["id"].as_str().unwrap()).collect::<Vec<_>>(), vec![sorted[3].as_str(), sorted[2].as_str()], "newest first");
+    assert_eq!(
+        items.iter().map(|i| i["id"].as_str().unwrap()).collect::<Vec<_>>(),
+        vec![sorted[3].as_str(), sorted[2].as_str()],
+        "newest first"
+    );
     assert_eq!(items[0]["read"], false);
     let older = client.call("notifications:history", &[json!({ "before": sorted[2] })]).await;
     assert_eq!(older["items"].as_array().unwrap().len(), 2);
@@ -156,9 +160,8 @@ async fn history_and_read_state_over_the_socket_and_http() {
 async fn producer_ids_are_kept_and_the_stream_id_is_added() {
     let app = spawn_app().await;
     let mut client = app.connect("8").await;
-    let (status, _) = app
-        .post("/api/v1/emit", json!({ "event": "notification", "args": [{ "id": 99, "type": "x" }], "rooms": ["user_8"] }))
-        .await;
+    let (status, _) =
+        app.post("/api/v1/emit", json!({ "event": "notification", "args": [{ "id": 99, "type": "x" }], "rooms": ["user_8"] })).await;
     assert_eq!(status, 202);
     let n = client.next_notification().await.unwrap();
     assert_eq!(n["id"], 99);

@@ -16,14 +16,31 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Frames that look like Engine.IO/Socket.IO packets often enough to get past the first byte.
 fn frame() -> impl Strategy<Value = String> {
-    let json_ish = prop::collection::vec(prop_oneof![
-        Just("[".to_string()), Just("]".to_string()), Just("{".to_string()), Just("}".to_string()),
-        Just("\"room:join\"".to_string()), Just("\"ping\"".to_string()), Just("\"notifications:read\"".to_string()),
-        Just("\"auth:refresh\"".to_string()), Just(",".to_string()), Just(":".to_string()), Just("null".to_string()),
-        Just("{\"_placeholder\":true,\"num\":0}".to_string()), "[a-z0-9_-]{0,12}".prop_map(|s| format!("\"{s}\"")),
-        any::<i64>().prop_map(|n| n.to_string()),
-    ], 0..30).prop_map(|parts| parts.concat());
-    (prop_oneof![Just("42"), Just("421"), Just("43"), Just("40"), Just("41"), Just("45"), Just("451-"), Just("4"), Just("2"), Just("")], json_ish, any::<String>())
+    let json_ish = prop::collection::vec(
+        prop_oneof![
+            Just("[".to_string()),
+            Just("]".to_string()),
+            Just("{".to_string()),
+            Just("}".to_string()),
+            Just("\"room:join\"".to_string()),
+            Just("\"ping\"".to_string()),
+            Just("\"notifications:read\"".to_string()),
+            Just("\"auth:refresh\"".to_string()),
+            Just(",".to_string()),
+            Just(":".to_string()),
+            Just("null".to_string()),
+            Just("{\"_placeholder\":true,\"num\":0}".to_string()),
+            "[a-z0-9_-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            any::<i64>().prop_map(|n| n.to_string()),
+        ],
+        0..30,
+    )
+    .prop_map(|parts| parts.concat());
+    (
+        prop_oneof![Just("42"), Just("421"), Just("43"), Just("40"), Just("41"), Just("45"), Just("451-"), Just("4"), Just("2"), Just("")],
+        json_ish,
+        any::<String>(),
+    )
         .prop_map(|(prefix, body, noise)| if noise.len() % 3 == 0 { format!("{prefix}{body}{noise}") } else { format!("{prefix}{body}") })
 }
 

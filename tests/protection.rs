@@ -175,7 +175,18 @@ async fn hostile_frames_over_websocket_and_polling_leave_others_served() {
     // Over WebSocket, each from a connection of its own.
     let deep = format!("42[\"room:join\",{}{}]", "[".repeat(5_000), "]".repeat(5_000));
     let oversized = format!("42[\"ping\",\"{}\"]", "x".repeat(50_000));
-    let frames = ["42[", "4", "40/nope,", "43", "42[\"ping\",{\"timestamp\":1e999}]", &deep, &oversized, "6", "5", "451-[\"x\",{\"_placeholder\":true,\"num\":9}]"];
+    let frames = [
+        "42[",
+        "4",
+        "40/nope,",
+        "43",
+        "42[\"ping\",{\"timestamp\":1e999}]",
+        &deep,
+        &oversized,
+        "6",
+        "5",
+        "451-[\"x\",{\"_placeholder\":true,\"num\":9}]",
+    ];
     for frame in frames {
         let mut rude = app.connect("r").await;
         rude.send_raw(frame).await;

@@ -128,16 +128,8 @@ impl ResilientDriver {
             resync_requests,
         });
         let (stop, stop_receiver) = watch::channel(false);
-        tokio::spawn(maintain_subscriptions(
-            shared.clone(),
-            client,
-            resync_receiver,
-            stop_receiver,
-        ));
-        Ok(Self {
-            shared,
-            lifetime: Arc::new(Lifetime { stop }),
-        })
+        tokio::spawn(maintain_subscriptions(shared.clone(), client, resync_receiver, stop_receiver));
+        Ok(Self { shared, lifetime: Arc::new(Lifetime { stop }) })
     }
 
     /// Current Redis reachability. Cheap: reads a watch channel.
@@ -169,21 +161,10 @@ impl ResilientDriver {
     /// seconds at most); while it is down, returns at once and the subscription takes effect on
     /// reconnection. Messages published while Redis is down are lost (pub/sub has no replay).
     /// Fails only after [`ResilientDriver::shutdown`].
-    pub async fn subscribe_stream(
-        &self,
-        channels: Vec<String>,
-        patterns: Vec<String>,
-    ) -> Result<Subscription, DriverError> {
-        let (id, items) = self
-            .shared
-            .registry()
-            .add(channels, patterns, SUBSCRIPTION_BUFFER)?;
+    pub async fn subscribe_stream(&self, channels: Vec<String>, patterns: Vec<String>) -> Result<Subscription, DriverError> {
+        let (id, items) = self.shared.registry().add(channels, patterns, SUBSCRIPTION_BUFFER)?;
         self.apply_subscription_changes().await;
-        Ok(Subscription {
-            id,
-            items,
-            shared: self.shared.clone(),
-        })
+        Ok(Subscription { id, items, shared: self.shared.clone() })
     }
 
     /// Stops the background task now, instead of when the last clone is dropped. Subscription
@@ -225,11 +206,7 @@ impl Driver for ResilientDriver {
         bounded(PUBLISH_TIMEOUT, publisher.publish::<_, _, ()>(chan, val)).await
     }
 
-    async fn subscribe(
-        &self,
-        chan: String,
-        size: usize,
-    ) -> Result<MessageStream<ChanItem>, Self::Error> {
+    async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, Self::Error> {
         let items = self.shared.registry().add_adapter_channel(chan, size)?;
         self.apply_subscription_changes().await;
         Ok(MessageStream::new(items))
@@ -244,8 +221,7 @@ impl Driver for ResilientDriver {
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
         let mut publisher = self.publisher()?;
         let numsub = redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).clone();
-        let (_, count): (String, u16) =
-            bounded(PUBLISH_TIMEOUT, numsub.query_async(&mut publisher)).await?;
+        let (_, count): (String, u16) = bounded(PUBLISH_TIMEOUT, numsub.query_async(&mut publisher)).await?;
         Ok(count)
     }
 }
@@ -263,10 +239,7 @@ impl Stream for Subscription {
     type Item = (String, Bytes);
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut()
-            .items
-            .poll_recv(cx)
-            .map(|item| item.map(|(channel, payload)| (channel, Bytes::from(payload))))
+        self.get_mut().items.poll_recv(cx).map(|item| item.map(|(channel, payload)| (channel, Bytes::from(payload))))
     }
 }
 
@@ -328,23 +301,12 @@ impl Registry {
         let (items, receiver) = mpsc::channel(buffer);
         let id = self.next_id;
         self.next_id += 1;
-        self.subscribers.insert(
-            id,
-            Subscriber {
-                channels,
-                patterns,
-                items,
-            },
-        );
+        self.subscribers.insert(id, Subscriber { channels, patterns, items });
         Ok((id, receiver))
     }
 
     /// Like the bundled driver, a new adapter subscription to a channel replaces the previous one.
-    fn add_adapter_channel(
-        &mut self,
-        channel: String,
-        buffer: usize,
-    ) -> Result<mpsc::Receiver<ChanItem>, DriverError> {
+    fn add_adapter_channel(&mut self, channel: String, buffer: usize) -> Result<mpsc::Receiver<ChanItem>, DriverError> {
         let (id, items) = self.add(vec![channel.clone()], Vec::new(), buffer)?;
         if let Some(replaced) = self.adapter_channels.insert(channel, id) {
             self.subscribers.remove(&replaced);
@@ -364,10 +326,8 @@ impl Registry {
 
     /// Forgets subscribers whose stream was dropped, then returns what the rest want.
     fn wanted(&mut self) -> Wanted {
-        self.subscribers
-            .retain(|_, subscriber| !subscriber.items.is_closed());
-        self.adapter_channels
-            .retain(|_, id| self.subscribers.contains_key(id));
+        self.subscribers.retain(|_, subscriber| !subscriber.items.is_closed());
+        self.adapter_channels.retain(|_, id| self.subscribers.contains_key(id));
         let mut wanted = Wanted::default();
         for subscriber in self.subscribers.values() {
             wanted.channels.extend(subscriber.channels.iter().cloned());
@@ -388,14 +348,8 @@ impl Registry {
             if !interested {
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber
-                .items
-                .try_send((channel.to_owned(), payload.to_vec()))
-            {
-                tracing::warn!(
-                    channel,
-                    "subscriber is not keeping up; Redis message dropped"
-                );
+            if let Err(mpsc::error::TrySendError::Full(_)) = subscriber.items.try_send((channel.to_owned(), payload.to_vec())) {
+                tracing::warn!(channel, "subscriber is not keeping up; Redis message dropped");
             }
         }
     }
@@ -427,10 +381,7 @@ async fn maintain_subscriptions(
             Ok(mut session) => {
                 backoff = RECONNECT_BACKOFF_MIN;
                 shared.reachability.mark_up(&shared.redis_addr, opening_at_ms);
-                match session
-                    .serve(&shared, &mut resync_requests, &mut stop)
-                    .await
-                {
+                match session.serve(&shared, &mut resync_requests, &mut stop).await {
                     SessionEnd::Stopped => break 'reconnect,
                     SessionEnd::Lost(cause) => cause,
                 }
@@ -487,11 +438,7 @@ impl Session {
     async fn open(client: &redis::Client, shared: &Shared) -> Result<Self, DriverError> {
         let pubsub = bounded(CONNECT_TIMEOUT, client.get_async_pubsub()).await?;
         let (sink, messages) = pubsub.split();
-        let mut session = Self {
-            sink,
-            messages,
-            subscribed: Wanted::default(),
-        };
+        let mut session = Self { sink, messages, subscribed: Wanted::default() };
         session.sync(shared).await?;
         // The first request on a stale publishing connection fails and makes the
         // ConnectionManager reconnect; the second one then runs on the new connection.
@@ -507,10 +454,7 @@ impl Session {
         resync_requests: &mut mpsc::UnboundedReceiver<ResyncRequest>,
         stop: &mut watch::Receiver<bool>,
     ) -> SessionEnd {
-        let mut health_check = tokio::time::interval_at(
-            Instant::now() + HEALTH_CHECK_INTERVAL,
-            HEALTH_CHECK_INTERVAL,
-        );
+        let mut health_check = tokio::time::interval_at(Instant::now() + HEALTH_CHECK_INTERVAL, HEALTH_CHECK_INTERVAL);
         health_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let outcome = tokio::select! {
@@ -569,11 +513,7 @@ impl Session {
 
 async fn ping_publisher(shared: &Shared) -> Result<(), DriverError> {
     let mut publisher = shared.publisher.clone();
-    bounded(
-        PUBLISH_TIMEOUT,
-        redis::cmd("PING").query_async::<()>(&mut publisher),
-    )
-    .await
+    bounded(PUBLISH_TIMEOUT, redis::cmd("PING").query_async::<()>(&mut publisher)).await
 }
 
 fn missing_from(from: &BTreeSet<String>, other: &BTreeSet<String>) -> Vec<String> {
@@ -581,10 +521,7 @@ fn missing_from(from: &BTreeSet<String>, other: &BTreeSet<String>) -> Vec<String
 }
 
 /// Runs a Redis request with a deadline.
-async fn bounded<T>(
-    limit: Duration,
-    request: impl Future<Output = RedisResult<T>>,
-) -> Result<T, DriverError> {
+async fn bounded<T>(limit: Duration, request: impl Future<Output = RedisResult<T>>) -> Result<T, DriverError> {
     match timeout(limit, request).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(DriverError::Timeout(limit)),

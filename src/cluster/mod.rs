@@ -51,8 +51,5 @@ pub type ResilientAdapter<E> = CustomRedisAdapter<E, ResilientDriver>;
 /// The adapter state to pass to `SocketIo::builder().with_adapter::<ResilientAdapter<_>>(..)`,
 /// using Herald's channel prefix.
 pub fn adapter_state(driver: ResilientDriver) -> RedisAdapterCtr<ResilientDriver> {
-    RedisAdapterCtr::new_with_driver(
-        driver,
-        RedisAdapterConfig::new().with_prefix(ADAPTER_CHANNEL_PREFIX),
-    )
+    RedisAdapterCtr::new_with_driver(driver, RedisAdapterConfig::new().with_prefix(ADAPTER_CHANNEL_PREFIX))
 }

@@ -69,10 +69,7 @@ impl Reachability {
         self.unavailability_logged.store(false, Ordering::Relaxed);
         let previous = self.state.send_replace(RedisState::Up);
         if previous == RedisState::Down {
-            tracing::info!(
-                redis = addr,
-                "Redis connection established; cross-node delivery active"
-            );
+            tracing::info!(redis = addr, "Redis connection established; cross-node delivery active");
         }
     }
 

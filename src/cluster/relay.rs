@@ -68,7 +68,12 @@ fn decode(payload: &[u8]) -> Result<(StreamId, Command), String> {
     let message: serde_json::Value = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
     let text = |key: &str| message[key].as_str().map(String::from).ok_or_else(|| format!("{key} missing"));
     let list = |key: &str| -> Result<Vec<String>, String> {
-        message[key].as_array().ok_or_else(|| format!("{key} missing"))?.iter().map(|r| r.as_str().map(String::from).ok_or_else(|| format!("{key} must hold strings"))).collect()
+        message[key]
+            .as_array()
+            .ok_or_else(|| format!("{key} missing"))?
+            .iter()
+            .map(|r| r.as_str().map(String::from).ok_or_else(|| format!("{key} must hold strings")))
+            .collect()
     };
     let nid: StreamId = text("nid")?.parse()?;
     let target = Target { namespace: text("ns")?, rooms: list("rooms")?, except: list("except")? };
@@ -82,7 +87,12 @@ mod tests {
 
     #[test]
     fn malformed_relay_messages_are_errors() {
-        for bad in [&b"garbage"[..], b"{}", br#"{"nid":"x","ns":"/","rooms":[],"except":[],"event":"e","args":"[]"}"#, br#"{"nid":"1-0","ns":"/","rooms":[1],"except":[],"event":"e","args":"[]"}"#] {
+        for bad in [
+            &b"garbage"[..],
+            b"{}",
+            br#"{"nid":"x","ns":"/","rooms":[],"except":[],"event":"e","args":"[]"}"#,
+            br#"{"nid":"1-0","ns":"/","rooms":[1],"except":[],"event":"e","args":"[]"}"#,
+        ] {
             assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         let good = br#"{"nid":"1-0","ns":"/","rooms":["user_1"],"except":[],"event":"notification","args":"[{\"a\":1}]"}"#;

@@ -24,12 +24,8 @@ use crate::state::AppState;
 
 /// Refuses requests without `Authorization: Bearer <key>` for a key in `api.keys`.
 pub async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented =
+        request.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
     let keys = &state.settings.api.keys;
     let allowed = match presented {
         Some(key) => keys.iter().any(|k| !k.is_empty() && constant_time_eq(k.as_bytes(), key.as_bytes())),
@@ -37,11 +33,7 @@ pub async fn require_api_key(State(state): State<Arc<AppState>>, request: Reques
     };
     if !allowed {
         state.metrics.inc("herald_api_refusals_total", &[("reason", "unauthorized")]);
-        let reason = if keys.is_empty() {
-            "API disabled: no api.keys configured"
-        } else {
-            "missing or invalid API key"
-        };
+        let reason = if keys.is_empty() { "API disabled: no api.keys configured" } else { "missing or invalid API key" };
         return ApiError(StatusCode::UNAUTHORIZED, reason.into()).into_response();
     }
     next.run(request).await
@@ -110,9 +102,10 @@ fn recipients(to: Option<&Json_>) -> Result<Recipients, ApiError> {
     Ok(match key.as_str() {
         "user" => Recipients::Rooms(vec![user_room(&id_text(value, "user")?)]),
         "users" => {
-            let ids = value.as_array().filter(|ids| !ids.is_empty()).ok_or_else(|| {
-                ApiError::bad_request("to.users must be a non-empty list of user ids")
-            })?;
+            let ids = value
+                .as_array()
+                .filter(|ids| !ids.is_empty())
+                .ok_or_else(|| ApiError::bad_request("to.users must be a non-empty list of user ids"))?;
             let mut rooms: Vec<String> = ids.iter().map(|id| id_text(id, "users").map(|id| user_room(&id))).collect::<Result<_, _>>()?;
             // 77 and "77" are one user: notify each once.
             let mut seen = std::collections::HashSet::new();
@@ -135,10 +128,10 @@ fn notification(body: &Map<String, Json_>) -> Result<Notification, ApiError> {
     };
     let priority = match body.get("priority") {
         None | Some(Json_::Null) => 2,
-        Some(p) => p
-            .as_u64()
-            .filter(|p| (1..=4).contains(p))
-            .ok_or_else(|| ApiError::bad_request("priority must be an integer from 1 to 4"))? as u8,
+        Some(p) => {
+            p.as_u64().filter(|p| (1..=4).contains(p)).ok_or_else(|| ApiError::bad_request("priority must be an integer from 1 to 4"))?
+                as u8
+        }
     };
     Ok(Notification {
         kind: text("type")?,
@@ -225,7 +218,11 @@ pub async fn user_notifications(
 }
 
 /// `POST /api/v1/users/<id>/notifications/read` `{"ids": [...]}` or `{"up_to": id}` → `{"ok": true, "unread": N}`.
-pub async fn mark_user_notifications_read(State(state): State<Arc<AppState>>, Path(user): Path<String>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+pub async fn mark_user_notifications_read(
+    State(state): State<Arc<AppState>>,
+    Path(user): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
     let body = parse_object(&body)?;
     let request = ReadRequest::from_json(Json_::Object(body)).map_err(ApiError::bad_request)?;
     let inbox = Inbox::of_user(&state.delivery, "/", &user).await.map_err(store_down)?;

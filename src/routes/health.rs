@@ -35,7 +35,8 @@ pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
             }
             Err(_) => {
                 body["cluster_connections"] = json!(null);
-                body["cluster_connections_error"] = json!(format!("no answer from every instance within {} ms", CLUSTER_COUNT_TIMEOUT.as_millis()));
+                body["cluster_connections_error"] =
+                    json!(format!("no answer from every instance within {} ms", CLUSTER_COUNT_TIMEOUT.as_millis()));
             }
         }
     }

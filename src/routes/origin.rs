@@ -19,10 +19,7 @@ pub async fn enforce_origin(State(state): State<Arc<AppState>>, request: Request
     let allowed = &state.settings.server.cors_origins;
     let refused = request.uri().path().starts_with("/socket.io")
         && !allowed.iter().any(|o| o == "*")
-        && request
-            .headers()
-            .get(header::ORIGIN)
-            .is_some_and(|origin| !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()));
+        && request.headers().get(header::ORIGIN).is_some_and(|origin| !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()));
     if refused {
         state.metrics.inc("herald_refusals_total", &[("reason", "origin not allowed")]);
         return ApiError(StatusCode::FORBIDDEN, "origin not allowed".into()).into_response();

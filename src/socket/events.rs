@@ -180,10 +180,7 @@ fn user_of<A: Adapter>(socket: &SocketRef<A>) -> Result<String, String> {
 async fn history<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
     let user = user_of(socket)?;
     let query = HistoryQuery::from_json(data.unwrap_or(Value::Null))?;
-    let (items, unread) = inbox(state, socket, &user)
-        .history(query.after, query.before, query.limit)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (items, unread) = inbox(state, socket, &user).history(query.after, query.before, query.limit).await.map_err(|e| e.to_string())?;
     Ok(json!({ "ok": true, "items": items, "unread": unread }))
 }
 

@@ -14,18 +14,18 @@ use std::sync::Arc;
 
 use axum::extract::ConnectInfo;
 use socketioxide::adapter::Adapter;
-use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 use socketioxide::extract::{SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 use socketioxide::SocketIo;
+use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 
 use crate::auth::{find_token, Identity, Refusal};
 use crate::notification::{self, EVENT};
 use crate::replay::{join, lagging_now, replay};
 use crate::rooms::{granted_rooms, user_room};
-use crate::store::StreamId;
 use crate::state::AppState;
+use crate::store::StreamId;
 
 /// Serves every configured namespace on `io`.
 pub fn register<A: Adapter + DefinedAdapter>(io: &SocketIo<A>, state: Arc<AppState>) {
@@ -205,7 +205,10 @@ async fn on_disconnect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, reas
     let Some(identity) = identity else { return };
     let clean = matches!(
         reason,
-        DisconnectReason::TransportClose | DisconnectReason::ClientNSDisconnect | DisconnectReason::ServerNSDisconnect | DisconnectReason::ClosingServer
+        DisconnectReason::TransportClose
+            | DisconnectReason::ClientNSDisconnect
+            | DisconnectReason::ServerNSDisconnect
+            | DisconnectReason::ClosingServer
     );
     let lag = if clean { 0 } else { state.settings.socketio.heartbeat_window().as_millis() as u64 };
     if let Err(e) = state.delivery.store().advance_seen(&identity.user_id, lagging_now(lag)).await {

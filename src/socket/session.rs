@@ -26,7 +26,8 @@ pub fn watch_expiry<A: Adapter>(state: Arc<AppState>, socket: SocketRef<A>) {
     socket.extensions.insert(TokenGeneration(generation));
     let warning = state.settings.auth.expiry_warning_secs;
     tokio::spawn(async move {
-        let current = |socket: &SocketRef<A>| socket.connected() && socket.extensions.get::<TokenGeneration>() == Some(TokenGeneration(generation));
+        let current =
+            |socket: &SocketRef<A>| socket.connected() && socket.extensions.get::<TokenGeneration>() == Some(TokenGeneration(generation));
         let expires_at = identity.expires_at;
         let warn_at = expires_at.saturating_sub(warning);
         sleep_until(warn_at).await;

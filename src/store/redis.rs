@@ -99,7 +99,13 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects lazily: an unreachable Redis at startup is not an error here.
-    pub fn new(url: &str, node_id: &str, redis_state: watch::Receiver<RedisState>, max_len: usize, max_age: Duration) -> Result<RedisStore, StoreError> {
+    pub fn new(
+        url: &str,
+        node_id: &str,
+        redis_state: watch::Receiver<RedisState>,
+        max_len: usize,
+        max_age: Duration,
+    ) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
@@ -107,7 +113,15 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| StoreError(e.to_string()))?;
-        Ok(RedisStore { connection, node_id: node_id.to_string(), redis_state, max_len, max_age, append: Script::new(APPEND), set_max_id: Script::new(SET_MAX_ID) })
+        Ok(RedisStore {
+            connection,
+            node_id: node_id.to_string(),
+            redis_state,
+            max_len,
+            max_age,
+            append: Script::new(APPEND),
+            set_max_id: Script::new(SET_MAX_ID),
+        })
     }
 
     /// Runs `cmd`, once more when the first attempt met a connection Redis had dropped (after a

@@ -171,8 +171,7 @@ impl TestClient {
     /// Like `connect`, with a prepared upgrade request (e.g. carrying an `Authorization` header).
     pub async fn connect_request(request: Request, auth: Option<Value>, namespace: &str) -> Result<TestClient, String> {
         let (ws, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| e.to_string())?;
-        let mut client =
-            TestClient { ws, namespace: namespace.to_string(), sid: String::new(), next_ack: 1, backlog: VecDeque::new() };
+        let mut client = TestClient { ws, namespace: namespace.to_string(), sid: String::new(), next_ack: 1, backlog: VecDeque::new() };
         let open = client.next_text().await.ok_or("no open packet")?;
         assert!(open.starts_with('0'), "expected an Engine.IO open packet, got {open}");
         let auth = auth.map(|a| a.to_string()).unwrap_or_default();
@@ -199,7 +198,11 @@ impl TestClient {
     }
 
     fn ns_prefix(&self) -> String {
-        if self.namespace == "/" { String::new() } else { format!("{},", self.namespace) }
+        if self.namespace == "/" {
+            String::new()
+        } else {
+            format!("{},", self.namespace)
+        }
     }
 
     pub async fn send_raw(&mut self, text: &str) {

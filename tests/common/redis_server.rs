@@ -25,14 +25,8 @@ impl RedisServer {
 
     /// Picks a free port but does not start the server yet (see [`RedisServer::start`]).
     pub fn stopped() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("no free port")
-            .port();
-        Self {
-            port,
-            process: None,
-        }
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|listener| listener.local_addr()).expect("no free port").port();
+        Self { port, process: None }
     }
 
     pub fn url(&self) -> String {
@@ -77,23 +71,15 @@ impl RedisServer {
 
     fn signal(&self, signal: &str) {
         let process = self.process.as_ref().expect("redis-server is not running");
-        let status = Command::new("kill")
-            .args([signal, &process.id().to_string()])
-            .status()
-            .expect("cannot run kill");
+        let status = Command::new("kill").args([signal, &process.id().to_string()]).status().expect("cannot run kill");
         assert!(status.success(), "kill {signal} failed");
     }
 
     /// Runs a command with a fresh connection, e.g. `["CLIENT", "KILL", "TYPE", "pubsub"]`.
     pub fn command(&self, args: &[&str]) -> redis::Value {
         let client = redis::Client::open(self.url()).expect("valid url");
-        let mut connection = client
-            .get_connection()
-            .expect("redis-server is not running");
-        redis::cmd(args[0])
-            .arg(&args[1..])
-            .query(&mut connection)
-            .expect("redis command failed")
+        let mut connection = client.get_connection().expect("redis-server is not running");
+        redis::cmd(args[0]).arg(&args[1..]).query(&mut connection).expect("redis command failed")
     }
 
     fn wait_until_ready(&self) {
@@ -113,9 +99,7 @@ impl RedisServer {
         };
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
         let mut reply = [0u8; 7];
-        stream.write_all(b"PING\r\n").is_ok()
-            && stream.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
+        stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
     }
 }
 

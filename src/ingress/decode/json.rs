@@ -33,9 +33,7 @@ impl Parser<'_> {
         loop {
             self.skip_whitespace();
             let mut value = match self.peek() {
-                Some(b'[') | Some(b'{') if open.len() >= limits.max_depth => {
-                    return Err(DecodeError::TooDeep { limit: limits.max_depth })
-                }
+                Some(b'[') | Some(b'{') if open.len() >= limits.max_depth => return Err(DecodeError::TooDeep { limit: limits.max_depth }),
                 Some(b'[') => {
                     self.pos += 1;
                     if self.eat_after_whitespace(b']') {
@@ -280,8 +278,7 @@ mod tests {
 
     #[test]
     fn keeps_key_order_and_reads_python_extensions() {
-        let value =
-            parse_default(r#" {"z": NaN, "a": [Infinity, -Infinity, -0.5e1, 18446744073709551615, 1e400]} "#).unwrap();
+        let value = parse_default(r#" {"z": NaN, "a": [Infinity, -Infinity, -0.5e1, 18446744073709551615, 1e400]} "#).unwrap();
         assert_eq!(
             format!("{value:?}"),
             "Object([(\"z\", Float(NaN)), (\"a\", Array([Float(inf), Float(-inf), Float(-5.0), UInt(18446744073709551615), Float(inf)]))])"

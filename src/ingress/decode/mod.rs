@@ -162,9 +162,7 @@ fn string_list(message: &Value, name: &'static str) -> Result<Vec<String>, Decod
     match field(message, name) {
         None => Ok(vec![]),
         Some(Value::String(one)) => Ok(vec![one.clone()]),
-        Some(Value::Array(items)) => {
-            items.iter().map(|item| item.as_str().map(str::to_string).ok_or(wrong_type(name, expected))).collect()
-        }
+        Some(Value::Array(items)) => items.iter().map(|item| item.as_str().map(str::to_string).ok_or(wrong_type(name, expected))).collect(),
         Some(_) => Err(wrong_type(name, expected)),
     }
 }

@@ -14,8 +14,8 @@ use crate::delivery::{Command, Target};
 use crate::payload::{Args, Value};
 
 use super::{
-    check_size, expect_object, field, integer, json, malformed, namespace, nested, string_list, take_field, wrong_type,
-    DecodeError, Decoded, Limits,
+    check_size, expect_object, field, integer, json, malformed, namespace, nested, string_list, take_field, wrong_type, DecodeError,
+    Decoded, Limits,
 };
 
 /// Decodes one message published on a redis-emitter channel.
@@ -52,8 +52,7 @@ fn broadcast(channel_namespace: &str, payload: &[u8], limits: &Limits) -> Result
     let Value::Array(parts) = message else {
         return Err(wrong_type("message", "[uid, packet, opts]"));
     };
-    let [_uid, mut packet, opts] =
-        <[Value; 3]>::try_from(parts).map_err(|_| wrong_type("message", "[uid, packet, opts]"))?;
+    let [_uid, mut packet, opts] = <[Value; 3]>::try_from(parts).map_err(|_| wrong_type("message", "[uid, packet, opts]"))?;
     expect_object(&packet, "packet")?;
     expect_object(&opts, "opts")?;
     let kind = field(&packet, "type").and_then(integer).ok_or(wrong_type("packet.type", "an integer"))?;
@@ -63,10 +62,7 @@ fn broadcast(channel_namespace: &str, payload: &[u8], limits: &Limits) -> Result
     }
     let namespace = namespace(&packet, "nsp")?;
     if namespace != channel_namespace {
-        return Err(malformed(
-            "message",
-            format_args!("namespace {namespace:?} on the channel of {channel_namespace:?}"),
-        ));
+        return Err(malformed("message", format_args!("namespace {namespace:?} on the channel of {channel_namespace:?}")));
     }
     let Value::Array(data) = take_field(&mut packet, "data") else {
         return Err(wrong_type("packet.data", "[event, ...args]"));
@@ -80,8 +76,7 @@ fn broadcast(channel_namespace: &str, payload: &[u8], limits: &Limits) -> Result
 }
 
 fn request(namespace: &str, payload: &[u8], limits: &Limits) -> Result<Decoded, DecodeError> {
-    let request =
-        if payload.first() == Some(&b'{') { json::parse(payload, limits)? } else { msgpack(payload, limits)? };
+    let request = if payload.first() == Some(&b'{') { json::parse(payload, limits)? } else { msgpack(payload, limits)? };
     expect_object(&request, "request")?;
     let kind = field(&request, "type").and_then(integer).ok_or(wrong_type("type", "an integer"))?;
     let command = match kind {
@@ -100,11 +95,7 @@ fn request(namespace: &str, payload: &[u8], limits: &Limits) -> Result<Decoded, 
 fn request_target(namespace: &str, request: &Value) -> Result<Target, DecodeError> {
     let opts = field(request, "opts").ok_or_else(|| malformed("request", "missing opts"))?;
     expect_object(opts, "opts")?;
-    Ok(Target {
-        namespace: namespace.to_string(),
-        rooms: string_list(opts, "rooms")?,
-        except: string_list(opts, "except")?,
-    })
+    Ok(Target { namespace: namespace.to_string(), rooms: string_list(opts, "rooms")?, except: string_list(opts, "except")? })
 }
 
 fn msgpack(payload: &[u8], limits: &Limits) -> Result<Value, DecodeError> {
@@ -145,10 +136,9 @@ fn to_value(value: rmpv::Value, depth: usize, limits: &Limits) -> Result<Value, 
                 entries
                     .into_iter()
                     .map(|(key, value)| match key {
-                        rmpv::Value::String(key) => Ok((
-                            key.into_str().ok_or_else(|| malformed("msgpack", "invalid UTF-8"))?,
-                            to_value(value, depth, limits)?,
-                        )),
+                        rmpv::Value::String(key) => {
+                            Ok((key.into_str().ok_or_else(|| malformed("msgpack", "invalid UTF-8"))?, to_value(value, depth, limits)?))
+                        }
                         _ => Err(wrong_type("map key", "a string")),
                     })
                     .collect::<Result<_, _>>()?,
@@ -163,9 +153,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::ingress::decode::test_support::{
-        assert_decoded, binary, emit, json, mutations, samples, section, strings, target, Sample,
-    };
+    use crate::ingress::decode::test_support::{assert_decoded, binary, emit, json, mutations, samples, section, strings, target, Sample};
 
     const FILE: &str = "node-redis-emitter.txt";
 
@@ -193,10 +181,8 @@ mod tests {
     fn emitter() {
         let samples = section(FILE, "@socket.io/redis-emitter");
         // socketioxide-redis traffic on `notif-*` channels is routed elsewhere; here it is refused.
-        let (emitter, socketioxide): (Vec<Sample>, Vec<Sample>) =
-            samples.into_iter().partition(|s| s.channel.starts_with("socket.io"));
-        let file =
-            Value::Object(vec![("name".into(), "a.bin".into()), ("blob".into(), binary(&[0xde, 0xad, 0xbe, 0xef]))]);
+        let (emitter, socketioxide): (Vec<Sample>, Vec<Sample>) = samples.into_iter().partition(|s| s.channel.starts_with("socket.io"));
+        let file = Value::Object(vec![("name".into(), "a.bin".into()), ("blob".into(), binary(&[0xde, 0xad, 0xbe, 0xef]))]);
         assert_samples(
             &emitter,
             vec![
@@ -211,10 +197,7 @@ mod tests {
                 emit("/", &[], &[], "big", vec!["z".into()]),
                 emit("/chat", &["roomV"], &[], "v", vec![Value::Int(1)]),
                 join(&["room1"], &[], &["roomA", "roomB"]),
-                Decoded::Command(Command::Leave {
-                    target: target("/", &["room1"], &["r9"]),
-                    rooms: strings(&["roomA"]),
-                }),
+                Decoded::Command(Command::Leave { target: target("/", &["room1"], &["r9"]), rooms: strings(&["roomA"]) }),
                 Decoded::Command(Command::Disconnect { target: target("/", &["roomA"], &[]) }),
                 SERVER_SIDE_EMIT,
             ],
@@ -263,17 +246,11 @@ mod tests {
         assert_eq!(reason("socket.io#/", emit), "malformed");
         assert_eq!(reason("socket.io##", emit), "malformed");
         // Packet type 3 (ACK), no event name, opts not a map, trailing bytes, ext type.
-        assert_eq!(
-            reason("socket.io#/#", b"\x93\xa1u\x83\xa4type\x03\xa4data\x91\xa1e\xa3nsp\xa1/\x80"),
-            "unknown_method"
-        );
+        assert_eq!(reason("socket.io#/#", b"\x93\xa1u\x83\xa4type\x03\xa4data\x91\xa1e\xa3nsp\xa1/\x80"), "unknown_method");
         assert_eq!(reason("socket.io#/#", b"\x93\xa1u\x83\xa4type\x02\xa4data\x91\x01\xa3nsp\xa1/\x80"), "wrong_type");
         assert_eq!(reason("socket.io#/#", b"\x93\xa1u\x83\xa4type\x02\xa4data\x91\xa1e\xa3nsp\xa1/\x90"), "wrong_type");
         assert_eq!(reason("socket.io#/#", &[&emit[..], b"\xc0"].concat()), "malformed");
-        assert_eq!(
-            reason("socket.io#/#", b"\x93\xa1u\x83\xa4type\x02\xa4data\x92\xa1e\xd4\x01\x00\xa3nsp\xa1/\x80"),
-            "wrong_type"
-        );
+        assert_eq!(reason("socket.io#/#", b"\x93\xa1u\x83\xa4type\x02\xa4data\x92\xa1e\xd4\x01\x00\xa3nsp\xa1/\x80"), "wrong_type");
         // Requests: no opts, rooms not strings, not an object.
         assert_eq!(reason("socket.io-request#/#", br#"{"type":2,"rooms":["a"]}"#), "malformed");
         assert_eq!(reason("socket.io-request#/#", br#"{"type":2,"opts":{"rooms":[1]},"rooms":["a"]}"#), "wrong_type");

@@ -199,9 +199,7 @@ impl Check<'_> {
                     }
                     return Ok(());
                 }
-                MARK if self.marks.len() >= self.limits.max_depth => {
-                    return Err(DecodeError::TooDeep { limit: self.limits.max_depth })
-                }
+                MARK if self.marks.len() >= self.limits.max_depth => return Err(DecodeError::TooDeep { limit: self.limits.max_depth }),
                 MARK => self.marks.push(self.stack.len()),
                 POP if self.stack.len() == self.base() => {
                     self.pop_mark()?;

@@ -24,8 +24,8 @@ use crate::delivery::{Command, Target};
 use crate::payload::{Args, Value};
 
 use super::{
-    check_size, expect_object, field, integer, json, malformed, namespace, pickle, required_str, string_list,
-    take_field, wrong_type, DecodeError, Decoded, Limits,
+    check_size, expect_object, field, integer, json, malformed, namespace, pickle, required_str, string_list, take_field, wrong_type,
+    DecodeError, Decoded, Limits,
 };
 
 /// Decodes one message published by python-socketio (JSON or pickle, bare or in a kombu envelope).
@@ -92,9 +92,7 @@ fn from_pickle(payload: &[u8], limits: &Limits) -> Result<(Value, Args), DecodeE
     let depth = 1;
     let args = match message.remove(&HashableValue::String("data".into())) {
         None | Some(Pickle::None) => Args::default(),
-        Some(Pickle::Tuple(items)) => {
-            Args(items.into_iter().map(|item| pickle::to_value(item, depth, limits)).collect::<Result<_, _>>()?)
-        }
+        Some(Pickle::Tuple(items)) => Args(items.into_iter().map(|item| pickle::to_value(item, depth, limits)).collect::<Result<_, _>>()?),
         Some(data) => Args::one(pickle::to_value(data, depth, limits)?),
     };
     Ok((pickle::to_value(Pickle::Dict(message), 0, limits)?, args))
@@ -139,21 +137,17 @@ fn fill_placeholders(value: Value, attachments: &[Bytes]) -> Result<Value, Decod
     match value {
         Value::Object(fields) if fields.iter().any(|(k, v)| k == "_placeholder" && *v == Value::Bool(true)) => {
             let placeholder = Value::Object(fields);
-            let num =
-                field(&placeholder, "num").and_then(integer).ok_or(wrong_type("_placeholder.num", "an integer"))?;
+            let num = field(&placeholder, "num").and_then(integer).ok_or(wrong_type("_placeholder.num", "an integer"))?;
             let attachment = usize::try_from(num).ok().and_then(|num| attachments.get(num));
             let attachment = attachment.ok_or_else(|| malformed("message", format_args!("no attachment {num}")))?;
             Ok(Value::Binary(attachment.clone()))
         }
         Value::Object(fields) => Ok(Value::Object(
-            fields
-                .into_iter()
-                .map(|(key, value)| Ok((key, fill_placeholders(value, attachments)?)))
-                .collect::<Result<_, DecodeError>>()?,
+            fields.into_iter().map(|(key, value)| Ok((key, fill_placeholders(value, attachments)?))).collect::<Result<_, DecodeError>>()?,
         )),
-        Value::Array(items) => Ok(Value::Array(
-            items.into_iter().map(|item| fill_placeholders(item, attachments)).collect::<Result<_, _>>()?,
-        )),
+        Value::Array(items) => {
+            Ok(Value::Array(items.into_iter().map(|item| fill_placeholders(item, attachments)).collect::<Result<_, _>>()?))
+        }
         other => Ok(other),
     }
 }
@@ -170,11 +164,7 @@ fn command(message: &Value, args: Args) -> Result<Decoded, DecodeError> {
     let namespace = namespace(message, "namespace")?;
     let command = match method {
         "emit" => Command::Emit {
-            target: Target {
-                namespace,
-                rooms: string_list(message, "room")?,
-                except: string_list(message, "skip_sid")?,
-            },
+            target: Target { namespace, rooms: string_list(message, "room")?, except: string_list(message, "skip_sid")? },
             event: required_str(message, "event")?.to_string(),
             args,
         },
@@ -205,9 +195,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::ingress::decode::test_support::{
-        assert_decoded, binary, emit, json, mutations, section, strings, target, Sample,
-    };
+    use crate::ingress::decode::test_support::{assert_decoded, binary, emit, json, mutations, section, strings, target, Sample};
 
     const FILE: &str = "python-socketio.txt";
 
@@ -235,10 +223,7 @@ mod tests {
         ];
         if with_bytes {
             steps.push(emit("/", &[], &[], "bin", vec![binary(&[0, 1, 2, 255])]));
-            let file = Value::Object(vec![
-                ("name".into(), "a.bin".into()),
-                ("blob".into(), binary(&[0xde, 0xad, 0xbe, 0xef])),
-            ]);
+            let file = Value::Object(vec![("name".into(), "a.bin".into()), ("blob".into(), binary(&[0xde, 0xad, 0xbe, 0xef]))]);
             steps.push(emit("/", &["sid123"], &[], "file", vec![file]));
         }
         steps.extend([
@@ -307,12 +292,9 @@ mod tests {
 
     #[test]
     fn edge_values() {
-        let nan =
-            Value::Object(vec![("nan".into(), Value::Float(f64::NAN)), ("inf".into(), Value::Float(f64::INFINITY))]);
-        let big_unicode = Value::Object(vec![
-            ("big".into(), Value::Float(1_180_591_620_717_411_303_424.0)),
-            ("uni".into(), "héllo ☃ 😀".into()),
-        ]);
+        let nan = Value::Object(vec![("nan".into(), Value::Float(f64::NAN)), ("inf".into(), Value::Float(f64::INFINITY))]);
+        let big_unicode =
+            Value::Object(vec![("big".into(), Value::Float(1_180_591_620_717_411_303_424.0)), ("uni".into(), "héllo ☃ 😀".into())]);
         assert_section(
             section(FILE, "python-socketio 5.18.1 edge values"),
             vec![

@@ -71,11 +71,7 @@ pub fn assert_decoded(actual: Decoded, expected: &Decoded, context: &str) {
 }
 
 pub fn emit(namespace: &str, rooms: &[&str], except: &[&str], event: &str, args: Vec<Value>) -> Decoded {
-    Decoded::Command(Command::Emit {
-        target: target(namespace, rooms, except),
-        event: event.to_string(),
-        args: Args(args),
-    })
+    Decoded::Command(Command::Emit { target: target(namespace, rooms, except), event: event.to_string(), args: Args(args) })
 }
 
 pub fn target(namespace: &str, rooms: &[&str], except: &[&str]) -> Target {
@@ -98,8 +94,8 @@ pub fn binary(bytes: &[u8]) -> Value {
 /// Valid `payloads` with a few bytes replaced, inserted or removed, and possibly truncated.
 pub fn mutations(payloads: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
     let edit = (any::<prop::sample::Index>(), any::<u8>(), 0u8..3);
-    (any::<prop::sample::Index>(), prop::collection::vec(edit, 1..6), prop::option::of(any::<prop::sample::Index>()))
-        .prop_map(move |(which, edits, cut)| {
+    (any::<prop::sample::Index>(), prop::collection::vec(edit, 1..6), prop::option::of(any::<prop::sample::Index>())).prop_map(
+        move |(which, edits, cut)| {
             let mut bytes = which.get(&payloads).clone();
             for (at, byte, kind) in edits {
                 let len = bytes.len();
@@ -116,5 +112,6 @@ pub fn mutations(payloads: Vec<Vec<u8>>) -> impl Strategy<Value = Vec<u8>> {
                 bytes.truncate(cut.index(bytes.len() + 1));
             }
             bytes
-        })
+        },
+    )
 }
