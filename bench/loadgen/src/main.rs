@@ -253,11 +253,7 @@ fn clk_tck() -> f64 {
 fn sample(pid: Option<u32>) -> Option<ProcSample> {
     let pid = pid?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kb = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())?;
+    let rss_kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
@@ -958,12 +954,7 @@ async fn run_connect(common: Common, hold_secs: u64) -> i32 {
 }
 
 fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(512)
-        .tcp_nodelay(true)
-        .build()
-        .expect("http client")
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).pool_max_idle_per_host(512).tcp_nodelay(true).build().expect("http client")
 }
 
 async fn run_fanout(common: Common, messages: u32, msg_timeout_secs: u64, gap_ms: u64) -> i32 {
