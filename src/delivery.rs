@@ -93,8 +93,6 @@ pub trait Sockets: Send + Sync + 'static {
     /// (closed, or too slow: their buffer was full). One slow socket is that socket's problem,
     /// not an error of the command.
     fn apply<'a>(&'a self, command: &'a Command, scope: Scope) -> BoxFuture<'a, Result<usize, DeliveryError>>;
-    /// Sockets connected to this instance, over every namespace.
-    fn local_connections(&self) -> usize;
     /// The users with a socket on this instance.
     fn local_users(&self) -> Vec<String>;
     /// Disconnects every socket of this instance (graceful shutdown).
@@ -120,10 +118,6 @@ impl<A: Adapter> Sockets for SocketIo<A> {
             };
             result.map_err(DeliveryError::Socket)
         })
-    }
-
-    fn local_connections(&self) -> usize {
-        self.nsps().into_iter().map(|ns| ns.local().sockets().len()).sum()
     }
 
     fn local_users(&self) -> Vec<String> {
@@ -316,23 +310,22 @@ impl Delivery {
             let label = if self.inner.persist.stores_event(event) { event.as_str() } else { "other" };
             self.inner.metrics.inc("herald_events_out_total", &[("event", label)]);
         }
-        let result = match &command {
-            Command::Emit { target, event, args } => {
-                let streams = self.inner.persist.streams(event, &target.rooms);
-                if streams.is_empty() {
-                    // Not stored; it still carries the id its notification was given.
-                    let mut command = command.clone();
-                    if let (Some(nid), Command::Emit { args, .. }) = (nid, &mut command) {
-                        stamp_id(args, nid);
-                    }
-                    self.apply_plain(&command, scope).await.map(|_| nid)
-                } else {
-                    let emit = Stored { event, args, dedup, nid };
-                    let nid = self.store_once(&target.namespace, &streams, emit).await;
-                    self.deliver_stored(nid, command.clone(), scope).await.map(|_| Some(nid))
-                }
+        let streams = match &command {
+            Command::Emit { target, event, .. } => self.inner.persist.streams(event, &target.rooms),
+            _ => vec![],
+        };
+        let result = match command {
+            Command::Emit { target, event, args } if !streams.is_empty() => {
+                let nid = self.store_once(&target.namespace, &streams, Stored { event: &event, args: &args, dedup, nid }).await;
+                self.deliver_stored(nid, Command::Emit { target, event, args }, scope).await.map(|_| Some(nid))
             }
-            _ => self.apply_plain(&command, scope).await.map(|_| None),
+            mut command => {
+                // Not stored; an emit still carries the id its notification was given.
+                if let (Some(nid), Command::Emit { args, .. }) = (nid, &mut command) {
+                    stamp_id(args, nid);
+                }
+                self.apply_plain(&command, scope).await.map(|_| nid)
+            }
         };
         let outcome = match &result {
             Ok(_) => "delivered",
@@ -439,10 +432,6 @@ impl Delivery {
 
     pub(crate) fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
         self.inner.recent.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub fn local_connections(&self) -> usize {
-        self.inner.sockets.local_connections()
     }
 
     pub fn local_users(&self) -> Vec<String> {

@@ -51,8 +51,9 @@ impl Metrics {
         h.sum += seconds;
     }
 
-    /// The current value of one series (for tests and `/health`).
-    pub fn get(&self, name: &str, labels: &[(&'static str, &str)]) -> u64 {
+    /// The current value of one series.
+    #[cfg(test)]
+    fn get(&self, name: &str, labels: &[(&'static str, &str)]) -> u64 {
         let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         counters.get(name).and_then(|series| series.get(&render_labels(labels))).copied().unwrap_or(0)
     }

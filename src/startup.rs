@@ -91,14 +91,6 @@ impl Application {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
-    pub fn port(&self) -> u16 {
-        self.local_addr().port()
-    }
-
-    pub fn state(&self) -> Arc<AppState> {
-        self.state.clone()
-    }
-
     /// Serves until `shutdown` completes, then drains within `server.shutdown_grace_secs`.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let Application { listener, router, state, tasks } = self;
