@@ -8,21 +8,12 @@ import os from 'node:os';
 import path from 'node:path';
 import jwt from 'jsonwebtoken';
 import {
-  startHerald, connect, connectRefused, closeAll, mintToken, userToken, uniqueUser, TIMEOUT,
+  serversForThisFile, startHerald, connect, connectRefused, mintToken, userToken, uniqueUser, TIMEOUT,
 } from './herald.mjs';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'herald-client-test-'));
-const servers = [];
-async function server(env) {
-  const s = await startHerald({ env });
-  servers.push(s);
-  return s;
-}
-after(async () => {
-  closeAll();
-  for (const s of servers) await s.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+const server = serversForThisFile();
+after(() => rmSync(dir, { recursive: true, force: true }));
 
 const exp = () => Math.floor(Date.now() / 1000) + 3600;
 const ws = { transports: ['websocket'] };

@@ -9,6 +9,7 @@
 // ordered, so once the marker arrives anything sent before it would have arrived too).
 
 import { spawn } from 'node:child_process';
+import { after } from 'node:test';
 import { existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -330,3 +331,20 @@ export const TRANSPORTS = {
   websocket: { transports: ['websocket'] },
   'polling→websocket': {},
 };
+
+/**
+ * For test files that start a server per test with its own settings: returns `server(env)`,
+ * and stops every server it started (and every client) when the file's tests are done.
+ */
+export function serversForThisFile() {
+  const servers = [];
+  after(async () => {
+    closeAll();
+    for (const s of servers) await s.stop();
+  });
+  return async (env) => {
+    const s = await startHerald({ env });
+    servers.push(s);
+    return s;
+  };
+}

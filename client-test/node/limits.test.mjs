@@ -1,21 +1,12 @@
 // SPEC §1/§2/§8: configurable limits and anonymous mode, seen from socket.io-client 4.x.
 // Every limit here is set low through HERALD__LIMITS__* so that exceeding it is deterministic.
-import { test, describe, after } from 'node:test';
+import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  startHerald, connect, connectRefused, closeAll, userToken, uniqueUser, notify, strayEvents, getJson, TIMEOUT,
+  serversForThisFile, connect, connectRefused, userToken, uniqueUser, notify, strayEvents, getJson, TIMEOUT,
 } from './herald.mjs';
 
-const servers = [];
-async function server(env) {
-  const s = await startHerald({ env });
-  servers.push(s);
-  return s;
-}
-after(async () => {
-  closeAll();
-  for (const s of servers) await s.stop();
-});
+const server = serversForThisFile();
 
 describe('auth.required = false (anonymous)', () => {
   test('anonymous sockets connect, join no user room, still get broadcasts', async () => {
