@@ -354,6 +354,14 @@ struct ConnState {
 }
 
 impl ConnState {
+    /// Reports a failure to connect (once: later failures of a connected socket are not
+    /// connect failures).
+    fn fail(&mut self, e: String) {
+        if let Some(r) = self.ready.take() {
+            let _ = r.send(Err(e));
+        }
+    }
+
     fn new(join: Option<String>, ready: Ready) -> ConnState {
         ConnState { phase: Phase::Handshake, connected: false, welcomed: false, join, ready: Some(ready) }
     }
@@ -426,28 +434,23 @@ async fn ws_conn(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut st = ConnState::new(join, ready);
-    let fail = |st: &mut ConnState, e: String| {
-        if let Some(r) = st.ready.take() {
-            let _ = r.send(Err(e));
-        }
-    };
     let sock = match tokio::net::TcpSocket::new_v4() {
         Ok(s) => s,
-        Err(e) => return fail(&mut st, format!("socket: {e}")),
+        Err(e) => return st.fail(format!("socket: {e}")),
     };
     if let Err(e) = sock.bind(SocketAddr::new(IpAddr::V4(ip), 0)) {
-        return fail(&mut st, format!("bind: {e}"));
+        return st.fail(format!("bind: {e}"));
     }
     let stream = match sock.connect(addr).await {
         Ok(s) => s,
-        Err(e) => return fail(&mut st, format!("tcp connect: {e}")),
+        Err(e) => return st.fail(format!("tcp connect: {e}")),
     };
     let _ = stream.set_nodelay(true);
     let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
     let url = format!("ws://{host}/socket.io/?EIO=4&transport=websocket");
     let ws = match tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await {
         Ok((ws, _)) => ws,
-        Err(e) => return fail(&mut st, format!("ws handshake: {e}")),
+        Err(e) => return st.fail(format!("ws handshake: {e}")),
     };
     let (mut tx, mut rx) = ws.split();
     loop {
@@ -466,12 +469,12 @@ async fn ws_conn(
             }
             Some(Ok(Message::Binary(_))) | Some(Ok(Message::Pong(_))) | Some(Ok(Message::Frame(_))) => continue,
             Some(Ok(Message::Close(_))) | None => {
-                fail(&mut st, "closed by server".into());
+                st.fail("closed by server".into());
                 agg.lock().unwrap().disconnects += 1;
                 break;
             }
             Some(Err(e)) => {
-                fail(&mut st, format!("ws: {e}"));
+                st.fail(format!("ws: {e}"));
                 agg.lock().unwrap().disconnects += 1;
                 break;
             }
@@ -502,7 +505,7 @@ async fn ws_conn(
                 }
             }
             Some(b'1') => {
-                fail(&mut st, "engine.io close".into());
+                st.fail("engine.io close".into());
                 break;
             }
             _ => {}
@@ -520,21 +523,16 @@ async fn polling_conn(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut st = ConnState::new(join, ready);
-    let fail = |st: &mut ConnState, e: String| {
-        if let Some(r) = st.ready.take() {
-            let _ = r.send(Err(e));
-        }
-    };
     let open = match client.get(format!("{base}/socket.io/?EIO=4&transport=polling")).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
-        Err(e) => return fail(&mut st, format!("polling open: {e}")),
+        Err(e) => return st.fail(format!("polling open: {e}")),
     };
     let Some(sid) = open
         .strip_prefix('0')
         .and_then(|j| serde_json::from_str::<Value>(j.split('\u{1e}').next().unwrap_or(j)).ok())
         .and_then(|v| v["sid"].as_str().map(String::from))
     else {
-        return fail(&mut st, format!("polling open: unexpected {open:.80}"));
+        return st.fail(format!("polling open: unexpected {open:.80}"));
     };
     let url = format!("{base}/socket.io/?EIO=4&transport=polling&sid={sid}");
     let post = |body: String| {
@@ -543,7 +541,7 @@ async fn polling_conn(
         async move { client.post(url).header("content-type", "text/plain;charset=UTF-8").body(body).send().await.map(|_| ()) }
     };
     if let Err(e) = post(format!("40{}", json!({ "token": token }))).await {
-        return fail(&mut st, format!("polling connect: {e}"));
+        return st.fail(format!("polling connect: {e}"));
     }
     loop {
         let resp = tokio::select! {
@@ -556,12 +554,12 @@ async fn polling_conn(
         let body = match resp {
             Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
             Ok(r) => {
-                fail(&mut st, format!("polling GET {}", r.status()));
+                st.fail(format!("polling GET {}", r.status()));
                 agg.lock().unwrap().disconnects += 1;
                 break;
             }
             Err(e) => {
-                fail(&mut st, format!("polling GET: {e}"));
+                st.fail(format!("polling GET: {e}"));
                 agg.lock().unwrap().disconnects += 1;
                 break;
             }
@@ -586,7 +584,7 @@ async fn polling_conn(
             stop = true;
         }
         if stop {
-            fail(&mut st, "polling closed".into());
+            st.fail("polling closed".into());
             agg.lock().unwrap().disconnects += 1;
             break;
         }
