@@ -93,8 +93,6 @@ pub trait Sockets: Send + Sync + 'static {
     /// (closed, or too slow: their buffer was full). One slow socket is that socket's problem,
     /// not an error of the command.
     fn apply<'a>(&'a self, command: &'a Command, scope: Scope) -> BoxFuture<'a, Result<usize, DeliveryError>>;
-    /// The users with a socket on this instance.
-    fn local_users(&self) -> Vec<String>;
     /// Disconnects every socket of this instance (graceful shutdown).
     fn close(&self) -> BoxFuture<'_, ()>;
     /// Sockets on every instance (asks the others through the adapter).
@@ -118,18 +116,6 @@ impl<A: Adapter> Sockets for SocketIo<A> {
             };
             result.map_err(DeliveryError::Socket)
         })
-    }
-
-    fn local_users(&self) -> Vec<String> {
-        let mut users: Vec<String> = self
-            .nsps()
-            .into_iter()
-            .flat_map(|ns| ns.local().sockets())
-            .filter_map(|s| s.extensions.get::<crate::auth::Identity>().map(|i| i.user_id))
-            .collect();
-        users.sort();
-        users.dedup();
-        users
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
@@ -233,6 +219,8 @@ pub(crate) struct Recent {
     pub applied: VecDeque<(u64, StreamId, Instant)>,
     /// Notifications already replayed to these socket ids, to leave out when applied later.
     pub replayed: HashMap<StreamId, (Vec<String>, Instant)>,
+    /// The largest id of a stored emit applied on this instance.
+    pub largest: StreamId,
 }
 
 impl Recent {
@@ -403,6 +391,7 @@ impl Delivery {
             let mut recent = self.inner.recent.lock().unwrap_or_else(|e| e.into_inner());
             let seq = self.inner.sequence.fetch_add(1, Ordering::SeqCst);
             recent.applied.push_back((seq, nid, Instant::now()));
+            recent.largest = recent.largest.max(nid);
             if let Some((sids, _)) = recent.replayed.remove(&nid) {
                 target.except.extend(sids);
             }
@@ -434,8 +423,9 @@ impl Delivery {
         self.inner.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn local_users(&self) -> Vec<String> {
-        self.inner.sockets.local_users()
+    /// The largest id of a stored emit this instance has delivered to its sockets.
+    pub fn largest_applied(&self) -> StreamId {
+        self.recent().largest
     }
 
     pub async fn close_all(&self) {

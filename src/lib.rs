@@ -14,6 +14,7 @@ pub mod payload;
 pub mod replay;
 pub mod rooms;
 pub mod routes;
+pub mod seen;
 pub mod socket;
 pub mod startup;
 pub mod state;

@@ -51,6 +51,16 @@ impl ConnectionCounts {
     pub fn total(&self) -> usize {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).0
     }
+
+    /// The users with at least one socket here.
+    pub fn users(&self) -> Vec<String> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).1.keys().cloned().collect()
+    }
+
+    /// How many sockets `user` has here.
+    pub fn of_user(&self, user: &str) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).1.get(user).copied().unwrap_or(0)
+    }
 }
 
 /// New connections per client IP over a sliding minute (two fixed windows, weighted).

@@ -82,7 +82,7 @@ impl Application {
             let channels = state.settings.redis.python_channels.clone();
             tasks.push(tokio::spawn(listener::run(driver, state.delivery.clone(), channels, limits, state.ingress.clone())));
         }
-        tasks.push(tokio::spawn(keep_seen_marks(state.clone())));
+        tasks.push(tokio::spawn(crate::seen::keep_marks(state.clone())));
         tasks.push(tokio::spawn(heartbeat(state.clone())));
         Ok(Application { listener, router, state, tasks })
     }
@@ -193,29 +193,6 @@ async fn heartbeat(state: Arc<AppState>) {
     loop {
         ticker.tick().await;
         presence.heartbeat().await;
-    }
-}
-
-/// How often the seen marks of connected users move forward.
-const SEEN_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Moves the seen mark of every user connected here, so that if this instance dies without
-/// running its disconnect handlers, replay elsewhere starts close to where the user stopped
-/// rather than at their previous disconnect. The mark lags by a heartbeat (ping interval +
-/// timeout): a socket may have been dead that long before anyone noticed.
-async fn keep_seen_marks(state: Arc<AppState>) {
-    let lag = state.settings.socketio.heartbeat_window();
-    let mut ticker = tokio::time::interval(SEEN_INTERVAL);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        let mark = crate::replay::lagging_now(lag.as_millis() as u64);
-        for user in state.delivery.local_users() {
-            if let Err(e) = state.delivery.store().advance_seen(&user, mark).await {
-                tracing::debug!(error = %e, "seen marks not advanced");
-                break;
-            }
-        }
     }
 }
 

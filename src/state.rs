@@ -14,6 +14,7 @@ use crate::ingress::listener::IngressStatus;
 use crate::limits::{ConnectRate, ConnectionCounts};
 use crate::metrics::Metrics;
 use crate::rooms::RoomPolicy;
+use crate::seen::SeenMarks;
 
 pub struct AppState {
     pub settings: Settings,
@@ -23,6 +24,8 @@ pub struct AppState {
     pub delivery: Delivery,
     pub metrics: Arc<Metrics>,
     pub connections: ConnectionCounts,
+    /// Where each user stopped, for replay to clients that send no `last_id`.
+    pub seen: SeenMarks,
     pub connect_rate: ConnectRate,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub started_at: Instant,
@@ -53,6 +56,7 @@ impl AppState {
             node_id,
             room_policy: RoomPolicy::new(&settings.rooms.joinable, settings.rooms.max_name_bytes),
             connections: ConnectionCounts::default(),
+            seen: SeenMarks::default(),
             connect_rate: ConnectRate::new(settings.limits.connects_per_ip_per_minute),
             trusted_proxies: settings.server.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect(),
             settings,

@@ -223,6 +223,42 @@ async fn nothing_stored_is_lost_when_every_instance_restarts() {
 }
 
 #[tokio::test]
+async fn after_an_instance_crash_an_unchanged_client_gets_the_gap_once_and_nothing_older() {
+    let redis = RedisServer::running();
+    let [mut a, b, _c] = three_instances(&redis).await;
+    client(&a, "8").await.disconnect().await; // the user has been online before
+    let mut tab = client(&a, "8").await;
+    b.post("/api/v1/notify", json!({ "to": { "user": 8 }, "type": "t", "message": "before" })).await;
+    assert_eq!(tab.next_notification().await.unwrap()["message"], "before");
+    // The instance writes its users' seen marks every second, up to what it had delivered a
+    // second earlier.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    a.kill();
+    let gap = b.post("/api/v1/notify", json!({ "to": { "user": 8 }, "type": "t", "message": "gap" })).await.1;
+
+    let mut back = client(&b, "8").await;
+    let n = back.next_notification().await.expect("the gap is replayed");
+    assert_eq!((n["id"].clone(), n["message"].clone()), (gap["id"].clone(), json!("gap")));
+    assert!(back.receives_nothing("notification", QUIET).await, "nothing from before the crash again");
+}
+
+#[tokio::test]
+async fn a_lost_connection_moves_the_seen_mark_back_in_redis() {
+    let redis = RedisServer::running();
+    let heartbeat = [("HERALD__SOCKETIO__PING_INTERVAL_SECS", "2"), ("HERALD__SOCKETIO__PING_TIMEOUT_SECS", "2")];
+    let a = HeraldProcess::start_with("a", &redis.url(), &heartbeat).await;
+    a.wait_health("redis up", |h| h["redis"] == "up").await;
+    let dead = client(&a, "12").await; // reads nothing from here on, so answers no ping
+    let lost = a.post("/api/v1/notify", json!({ "to": { "user": 12 }, "type": "t", "message": "lost" })).await.1;
+    tokio::time::sleep(Duration::from_secs(5)).await; // marks flushed past `lost`, then the heartbeat times out
+    a.wait_health("socket gone", |h| h["connections"] == 0).await;
+    drop(dead);
+
+    let mut back = client(&a, "12").await;
+    assert_eq!(back.next_notification().await.expect("replayed")["id"], lost["id"]);
+}
+
+#[tokio::test]
 async fn identical_publishes_are_each_stored_once_with_one_id_everywhere() {
     let redis = RedisServer::running();
     let url = redis.url();

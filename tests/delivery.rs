@@ -28,6 +28,23 @@ async fn a_user_who_was_offline_gets_what_was_missed_in_order_then_live() {
 }
 
 #[tokio::test]
+async fn a_lost_connection_is_replayed_what_was_sent_to_it_while_it_was_dead() {
+    // Heartbeat window: 2 s ping interval + 2 s timeout.
+    let app = spawn_app_with(|s| (s.socketio.ping_interval_secs, s.socketio.ping_timeout_secs) = (2, 2)).await;
+    let dead = app.connect("11").await; // from here on it reads nothing and answers no ping
+    let lost = app.notify_user("11", "sent into the void").await;
+    // The seen mark follows what was delivered (within two 1 s flushes), then the missed pong
+    // ends the socket: its mark must go back before `lost`.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    app.wait_for_connections(0).await;
+    drop(dead);
+
+    let mut back = app.connect("11").await;
+    let n = back.next_notification().await.expect("replayed after the lost connection");
+    assert_eq!(n["id"], lost.as_str());
+}
+
+#[tokio::test]
 async fn each_device_resumes_after_its_own_last_id() {
     let app = spawn_app().await;
     let a = app.notify_user("7", "a").await;

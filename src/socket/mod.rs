@@ -22,7 +22,7 @@ use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 
 use crate::auth::{find_token, Identity, Refusal};
 use crate::notification::{self, EVENT};
-use crate::replay::{join, lagging_now, replay};
+use crate::replay::{join, replay};
 use crate::rooms::{granted_rooms, user_room};
 use crate::state::AppState;
 use crate::store::StreamId;
@@ -189,8 +189,7 @@ async fn replay_cursor<A: Adapter>(state: &AppState, socket: &SocketRef<A>, iden
     }
 }
 
-/// Records where the user stopped: now after a clean disconnect; a heartbeat earlier after a
-/// lost connection, since what was sent in that window may never have arrived.
+/// Releases the socket's place and records where its user stopped (see [`crate::seen`]).
 async fn on_disconnect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, reason: DisconnectReason) {
     state.metrics.inc("herald_disconnects_total", &[("reason", disconnect_reason(reason))]);
     tracing::debug!(sid = %socket.id, %reason, "disconnected");
@@ -210,10 +209,7 @@ async fn on_disconnect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, reas
             | DisconnectReason::ServerNSDisconnect
             | DisconnectReason::ClosingServer
     );
-    let lag = if clean { 0 } else { state.settings.socketio.heartbeat_window().as_millis() as u64 };
-    if let Err(e) = state.delivery.store().advance_seen(&identity.user_id, lagging_now(lag)).await {
-        tracing::warn!(error = %e, user = %identity.user_id, "seen mark not recorded");
-    }
+    state.seen.disconnected(state, &identity.user_id, clean).await;
 }
 
 fn disconnect_reason(reason: DisconnectReason) -> &'static str {

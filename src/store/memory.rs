@@ -76,11 +76,22 @@ impl Store for MemoryStore {
         Box::pin(async move { Ok(self.lock().seen.get(user).copied()) })
     }
 
-    fn advance_seen<'a>(&'a self, user: &'a str, id: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn advance_seen<'a>(&'a self, marks: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             let mut inner = self.lock();
-            let seen = inner.seen.entry(user.to_string()).or_default();
-            *seen = (*seen).max(id);
+            for (user, id) in marks {
+                let seen = inner.seen.entry(user.clone()).or_insert(*id);
+                *seen = (*seen).max(*id);
+            }
+            Ok(())
+        })
+    }
+
+    fn rewind_seen<'a>(&'a self, user: &'a str, id: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let mut inner = self.lock();
+            let seen = inner.seen.entry(user.to_string()).or_insert(id);
+            *seen = (*seen).min(id);
             Ok(())
         })
     }
@@ -166,11 +177,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn read_marks_and_seen_only_move_forward() {
+    async fn read_marks_and_seen_only_move_forward_seen_back_only_when_rewound() {
         let store = MemoryStore::new(10, Duration::from_secs(60));
-        store.advance_seen("1", StreamId::new(5, 0)).await.unwrap();
-        store.advance_seen("1", StreamId::new(3, 0)).await.unwrap();
+        let mark = |id| [("1".to_string(), StreamId::new(id, 0))];
+        store.advance_seen(&mark(5)).await.unwrap();
+        store.advance_seen(&mark(3)).await.unwrap();
         assert_eq!(store.seen("1").await.unwrap(), Some(StreamId::new(5, 0)));
+        store.rewind_seen("1", StreamId::new(8, 0)).await.unwrap();
+        assert_eq!(store.seen("1").await.unwrap(), Some(StreamId::new(5, 0)));
+        store.rewind_seen("1", StreamId::new(2, 0)).await.unwrap();
+        assert_eq!(store.seen("1").await.unwrap(), Some(StreamId::new(2, 0)));
+        store.rewind_seen("2", StreamId::new(4, 0)).await.unwrap();
+        assert_eq!(store.seen("2").await.unwrap(), Some(StreamId::new(4, 0)));
         store.mark_read("1", &[StreamId::new(7, 0), StreamId::new(2, 0)], Some(StreamId::new(4, 0))).await.unwrap();
         let state = store.read_state("1").await.unwrap();
         assert_eq!(state, ReadState { up_to: Some(StreamId::new(4, 0)), ids: vec![StreamId::new(7, 0)] });

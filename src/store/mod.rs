@@ -117,8 +117,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// The id up to which `user` has seen everything (for clients that send no `last_id`).
     fn seen<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<StreamId>, StoreError>>;
-    /// Moves `user`'s seen mark forward to `id` (never back).
-    fn advance_seen<'a>(&'a self, user: &'a str, id: StreamId) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Moves each user's seen mark forward to its id (never back).
+    fn advance_seen<'a>(&'a self, marks: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Moves `user`'s seen mark back to `id` (never forward, except from no mark at all).
+    fn rewind_seen<'a>(&'a self, user: &'a str, id: StreamId) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Remembers the persisted rooms `user`'s token granted, so that history over HTTP (which
     /// has no token) covers the same streams as history over the socket.

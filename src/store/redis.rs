@@ -69,21 +69,43 @@ end
 return nid
 "#;
 
-/// Sets KEYS[1] to ARGV[1] unless it already holds a larger id.
-const SET_MAX_ID: &str = r#"
+/// Sets each KEYS[i] to ARGV[i] unless it already holds a larger id (`larger` = 1), or a smaller
+/// one (`larger` = -1): ARGV[#KEYS + 1] says which.
+const SET_ID_IF: &str = r#"
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
 end
-local current = redis.call('GET', KEYS[1])
-if current then
-  local cm, cs = parse(current)
-  local nm, ns = parse(ARGV[1])
-  if cm and (nm < cm or (nm == cm and ns <= cs)) then return 0 end
+local function compare(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  if not am or not bm then return nil end
+  if am ~= bm then return am < bm and -1 or 1 end
+  if as ~= bs then return as < bs and -1 or 1 end
+  return 0
 end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
+local keep = tonumber(ARGV[#KEYS + 1])
+local changed = 0
+for i, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  local order = current and compare(current, ARGV[i])
+  if not (order == keep or order == 0) then
+    redis.call('SET', key, ARGV[i])
+    changed = changed + 1
+  end
+end
+return changed
 "#;
+
+/// How many keys one `SET_ID_IF` call moves at most, so that one call never holds Redis long.
+const IDS_PER_CALL: usize = 1000;
+
+/// Which ids [`SET_ID_IF`] leaves in place.
+#[derive(Clone, Copy)]
+enum Keep {
+    Larger = 1,
+    Smaller = -1,
+}
 
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -94,7 +116,7 @@ pub struct RedisStore {
     max_len: usize,
     max_age: Duration,
     append: Script,
-    set_max_id: Script,
+    set_id_if: Script,
 }
 
 impl RedisStore {
@@ -120,12 +142,23 @@ impl RedisStore {
             max_len,
             max_age,
             append: Script::new(APPEND),
-            set_max_id: Script::new(SET_MAX_ID),
+            set_id_if: Script::new(SET_ID_IF),
         })
     }
 
     /// Runs `cmd`, once more when the first attempt met a connection Redis had dropped (after a
     /// Redis restart the manager reconnects only once a command has failed on the old one).
+    /// Moves each key to its id, unless it already holds an id on the `keep` side of it.
+    async fn set_ids(&self, ids: impl IntoIterator<Item = (String, StreamId)>, keep: Keep) -> Result<(), StoreError> {
+        let mut invocation = self.set_id_if.prepare_invoke();
+        for (key, id) in ids {
+            invocation.key(key).arg(id.to_string());
+        }
+        invocation.arg(keep as i8);
+        let _: i64 = self.invoke(&invocation).await?;
+        Ok(())
+    }
+
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         match cmd.query_async(&mut self.conn()?).await {
             Err(e) if dropped(&e) => cmd.query_async(&mut self.conn()?).await.map_err(failed),
@@ -219,13 +252,17 @@ impl Store for RedisStore {
         })
     }
 
-    fn advance_seen<'a>(&'a self, user: &'a str, id: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn advance_seen<'a>(&'a self, marks: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut invocation = self.set_max_id.prepare_invoke();
-            invocation.key(format!("herald:seen:{user}")).arg(id.to_string());
-            let _: i64 = self.invoke(&invocation).await?;
+            for chunk in marks.chunks(IDS_PER_CALL) {
+                self.set_ids(chunk.iter().map(|(user, id)| (format!("herald:seen:{user}"), *id)), Keep::Larger).await?;
+            }
             Ok(())
         })
+    }
+
+    fn rewind_seen<'a>(&'a self, user: &'a str, id: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.set_ids([(format!("herald:seen:{user}"), id)], Keep::Smaller).await })
     }
 
     fn set_user_rooms<'a>(&'a self, user: &'a str, rooms: &'a [String]) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -259,9 +296,7 @@ impl Store for RedisStore {
     fn mark_read<'a>(&'a self, user: &'a str, ids: &'a [StreamId], up_to: Option<StreamId>) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             if let Some(up_to) = up_to {
-                let mut invocation = self.set_max_id.prepare_invoke();
-                invocation.key(format!("herald:read:{user}")).arg(up_to.to_string());
-                let _: i64 = self.invoke(&invocation).await?;
+                self.set_ids([(format!("herald:read:{user}"), up_to)], Keep::Larger).await?;
             }
             if !ids.is_empty() {
                 let key = format!("herald:read:{user}:ids");

@@ -260,8 +260,13 @@ impl TestClient {
         }
     }
 
-    /// Waits for the next `event` and returns all its arguments; `None` on timeout or close.
+    /// Waits (at most [`WAIT`], pings answered meanwhile) for the next `event` and returns all
+    /// its arguments; `None` on timeout or close.
     pub async fn next_event(&mut self, event: &str) -> Option<Vec<Value>> {
+        tokio::time::timeout(WAIT, self.next_event_unbounded(event)).await.ok()?
+    }
+
+    async fn next_event_unbounded(&mut self, event: &str) -> Option<Vec<Value>> {
         let prefix = format!("42{}", self.ns_prefix());
         loop {
             let text = match self.backlog.pop_front() {

@@ -1,0 +1,99 @@
+//! Where each user stopped: the seen mark from which an unchanged client (one that sends no
+//! `auth.last_id`) is replayed what it missed (SPEC §7).
+//!
+//! The mark must not lag, or a user whose instance dies gets again what they already had; and it
+//! must not run ahead of what reached them, or they miss something. So:
+//! - while a user is connected here, their mark follows the stored notifications this instance
+//!   has delivered, written every [`FLUSH_EVERY`] for all its users in one batch. It takes the
+//!   largest id delivered as of the previous flush, so that a notification still on its way
+//!   here (a relay a few milliseconds behind) is not skipped. If the instance dies, its users
+//!   are replayed from at most two flushes before the loss.
+//! - a clean disconnect moves the mark to now;
+//! - a lost connection (heartbeat timeout, transport error) moves it back to a heartbeat
+//!   window (ping interval + timeout) before now, since what was sent to a dead socket in that
+//!   window never arrived.
+//!
+//! Flushes and rewinds are serialized by one lock, and a flush reads the connected users under
+//! it: a rewind is never overwritten by a flush that still counted the lost socket.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Mutex;
+
+use crate::replay::lagging_now;
+use crate::state::AppState;
+use crate::store::StreamId;
+
+/// How often the marks of connected users are written.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub struct SeenMarks {
+    book: Mutex<Book>,
+}
+
+#[derive(Default)]
+struct Book {
+    /// The largest id delivered here, as of the previous flush.
+    delivered_before: StreamId,
+    /// The mark last written for each connected user.
+    written: HashMap<String, StreamId>,
+}
+
+impl SeenMarks {
+    /// Writes the marks of the users connected here that moved since the last flush.
+    async fn flush(&self, state: &AppState) {
+        let mut book = self.book.lock().await;
+        let mark = std::mem::replace(&mut book.delivered_before, state.delivery.largest_applied());
+        let users: HashSet<String> = state.connections.users().into_iter().collect();
+        book.written.retain(|user, _| users.contains(user));
+        if mark == StreamId::default() {
+            return;
+        }
+        let moved: Vec<(String, StreamId)> = users
+            .into_iter()
+            .filter(|user| book.written.get(user).is_none_or(|written| *written < mark))
+            .map(|user| (user, mark))
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        match state.delivery.store().advance_seen(&moved).await {
+            Ok(()) => book.written.extend(moved),
+            Err(e) => tracing::debug!(error = %e, users = moved.len(), "seen marks not advanced"),
+        }
+    }
+
+    /// A socket of `user` went away. `clean`: the client closed it (or the server did), so it
+    /// had everything sent until now; otherwise it was lost and may have missed a heartbeat
+    /// window's worth.
+    pub async fn disconnected(&self, state: &AppState, user: &str, clean: bool) {
+        let result = if clean {
+            state.delivery.store().advance_seen(&[(user.to_string(), lagging_now(0))]).await
+        } else {
+            let mut book = self.book.lock().await;
+            if state.connections.of_user(user) > 0 {
+                // Another socket of the user is still here: the user is online.
+                return;
+            }
+            book.written.remove(user);
+            let window = state.settings.socketio.heartbeat_window().as_millis() as u64;
+            state.delivery.store().rewind_seen(user, lagging_now(window)).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, user, "seen mark not recorded");
+        }
+    }
+}
+
+/// Flushes the marks every [`FLUSH_EVERY`] for as long as the server runs.
+pub async fn keep_marks(state: Arc<AppState>) {
+    let mut ticker = tokio::time::interval(FLUSH_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        state.seen.flush(&state).await;
+    }
+}
