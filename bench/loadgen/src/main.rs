@@ -100,9 +100,13 @@ struct Common {
     secret: String,
     #[arg(long, default_value = "dev-key-change-me")]
     api_key: String,
-    /// Server process id, for RSS and CPU measurements.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Sockets connect here instead of --url, worker i to the (i mod n)-th (a cluster of
+    /// instances: the API calls still go to --url). Comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    socket_urls: Vec<String>,
+    /// Server process ids (comma-separated; several for a cluster), for RSS and CPU, summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Label for the results (herald, node, python, ...).
     #[arg(long, default_value = "herald")]
     server_name: String,
@@ -250,8 +254,18 @@ fn clk_tck() -> f64 {
     }
 }
 
-fn sample(pid: Option<u32>) -> Option<ProcSample> {
-    let pid = pid?;
+/// RSS and CPU of the server processes, summed (`None` without pids or when one is gone).
+fn sample(pids: &[u32]) -> Option<ProcSample> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold(ProcSample { rss_kb: 0, cpu_ticks: 0 }, |total, pid| {
+        let one = sample_one(*pid)?;
+        Some(ProcSample { rss_kb: total.rss_kb + one.rss_kb, cpu_ticks: total.cpu_ticks + one.cpu_ticks })
+    })
+}
+
+fn sample_one(pid: u32) -> Option<ProcSample> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kb = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())?;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -604,7 +618,10 @@ fn worker_main(spec: WorkerSpec) {
 }
 
 async fn worker_run(spec: WorkerSpec) {
-    let c = spec.common.clone();
+    let mut c = spec.common.clone();
+    if !c.socket_urls.is_empty() {
+        c.url = c.socket_urls[spec.index % c.socket_urls.len()].clone();
+    }
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<String>();
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
@@ -875,7 +892,7 @@ fn jnum(x: f64) -> Value {
 }
 
 async fn connect_phase(common: &Common, mode: &str) -> Result<(Workers, ReadyTotals, Option<ProcSample>, Option<ProcSample>), String> {
-    let before = sample(common.server_pid);
+    let before = sample(&common.server_pid);
     let mut workers = Workers::spawn(common, mode).await?;
     let mut other = vec![];
     let ready = workers.gather("ready", Duration::from_secs(common.max_secs + 10), &mut other).await;
@@ -897,7 +914,7 @@ async fn connect_phase(common: &Common, mode: &str) -> Result<(Workers, ReadyTot
         totals.errors
     );
     tokio::time::sleep(Duration::from_secs(common.settle_secs)).await;
-    let after = sample(common.server_pid);
+    let after = sample(&common.server_pid);
     Ok((workers, totals, before, after))
 }
 
@@ -910,7 +927,7 @@ async fn run_connect(common: Common, hold_secs: u64) -> i32 {
         }
     };
     tokio::time::sleep(Duration::from_secs(hold_secs.min(common.max_secs))).await;
-    let held = sample(common.server_pid);
+    let held = sample(&common.server_pid);
     workers.tell("report").await;
     let mut other = vec![];
     let reports = workers.gather("report", Duration::from_secs(30), &mut other).await;
@@ -978,7 +995,7 @@ async fn run_fanout(common: Common, messages: u32, msg_timeout_secs: u64, gap_ms
     let mut other = vec![];
     let client = http_client();
     let url = format!("{}/api/v1/notify", common.url.trim_end_matches('/'));
-    let cpu0 = sample(common.server_pid);
+    let cpu0 = sample(&common.server_pid);
     let started = Instant::now();
     let mut per_msg_max: Vec<u64> = vec![];
     let mut incomplete = 0u32;
@@ -1034,7 +1051,7 @@ async fn run_fanout(common: Common, messages: u32, msg_timeout_secs: u64, gap_ms
     }
     let send_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let cpu1 = sample(common.server_pid);
+    let cpu1 = sample(&common.server_pid);
     workers.tell("report").await;
     let reports = workers.gather("report", Duration::from_secs(30), &mut other).await;
     workers.finish().await;
@@ -1178,7 +1195,7 @@ async fn run_targeted(
         let per_sec = if ingress == "redis" { rate as f64 } else { rate as f64 / batch as f64 };
         let sem = Arc::new(Semaphore::new(http_concurrency.max(1)));
         let http_errors = Arc::new(Mutex::new(0u64));
-        let cpu0 = sample(common.server_pid);
+        let cpu0 = sample(&common.server_pid);
         let start_us = now_us();
         let started = Instant::now();
         let mut requests = 0u64;
@@ -1228,7 +1245,7 @@ async fn run_targeted(
         // wait for in-flight requests, then stragglers
         let _ = tokio::time::timeout(Duration::from_secs(10), sem.acquire_many(http_concurrency.max(1) as u32)).await;
         tokio::time::sleep(Duration::from_secs(drain_secs)).await;
-        let cpu1 = sample(common.server_pid);
+        let cpu1 = sample(&common.server_pid);
         workers.tell("report").await;
         let mut other = vec![];
         let reports = workers.gather("report", Duration::from_secs(30), &mut other).await;
@@ -1303,9 +1320,11 @@ fn main() {
                     Cmd::Connect { common, .. } | Cmd::Fanout { common, .. } | Cmd::Targeted { common, .. } => common.clone(),
                     Cmd::Worker { .. } => unreachable!(),
                 };
-                if let Err(e) = server_addr(&common.url) {
-                    eprintln!("{e}");
-                    return 2;
+                for url in std::iter::once(&common.url).chain(&common.socket_urls) {
+                    if let Err(e) = server_addr(url) {
+                        eprintln!("{e}");
+                        return 2;
+                    }
                 }
                 let limit = Duration::from_secs(common.max_secs + 60);
                 let fut = async move {
