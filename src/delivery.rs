@@ -166,6 +166,18 @@ impl Origin<'static> {
     }
 }
 
+/// A command [`Delivery::stage`] has stored (when it is a stored emit), waiting to be delivered
+/// by [`Delivery::complete`].
+pub struct Staged {
+    command: Command,
+    scope: Scope,
+    source: &'static str,
+    started: Instant,
+    /// The stored id, or the id the command came with.
+    nid: Option<StreamId>,
+    stored: bool,
+}
+
 /// Which emits are stored: an event in `persisted_events` sent to a room matching
 /// `persisted_rooms`, or to a whole namespace when `persist_broadcasts`.
 pub struct PersistPolicy {
@@ -290,24 +302,42 @@ impl Delivery {
     /// Applies `command`; `origin` says where it came from. Returns the notification id when
     /// the emit was stored.
     pub async fn apply(&self, command: Command, origin: Origin<'_>) -> Result<Option<StreamId>, DeliveryError> {
+        let staged = self.stage(command, origin).await;
+        self.complete(staged).await
+    }
+
+    /// The first half of [`apply`](Self::apply): stores the command when it is a stored emit.
+    /// Several stages may run at once (the Redis ingress overlaps their round-trips to the
+    /// store); complete them in the order they were staged.
+    pub async fn stage(&self, command: Command, origin: Origin<'_>) -> Staged {
         let Origin { scope, source, dedup, nid } = origin;
-        let kind = command.kind();
         let started = Instant::now();
         if let Command::Emit { event, .. } = &command {
             // Label values from a fixed set: backends choose event names freely.
             let label = if self.inner.persist.stores_event(event) { event.as_str() } else { "other" };
             self.inner.metrics.inc("herald_events_out_total", &[("event", label)]);
         }
-        let streams = match &command {
-            Command::Emit { target, event, .. } => self.inner.persist.streams(event, &target.rooms),
-            _ => vec![],
-        };
-        let result = match command {
-            Command::Emit { target, event, args } if !streams.is_empty() => {
-                let nid = self.store_once(&target.namespace, &streams, Stored { event: &event, args: &args, dedup, nid }).await;
-                self.deliver_stored(nid, Command::Emit { target, event, args }, scope).await.map(|_| Some(nid))
+        let stored = match &command {
+            Command::Emit { target, event, args } => {
+                let streams = self.inner.persist.streams(event, &target.rooms);
+                if streams.is_empty() {
+                    None
+                } else {
+                    Some(self.store_once(&target.namespace, &streams, Stored { event, args, dedup, nid }).await)
+                }
             }
-            mut command => {
+            _ => None,
+        };
+        Staged { command, scope, source, started, nid: stored.or(nid), stored: stored.is_some() }
+    }
+
+    /// The second half of [`apply`](Self::apply): delivers a staged command and counts the outcome.
+    pub async fn complete(&self, staged: Staged) -> Result<Option<StreamId>, DeliveryError> {
+        let Staged { mut command, scope, source, started, nid, stored } = staged;
+        let kind = command.kind();
+        let result = match nid {
+            Some(nid) if stored => self.deliver_stored(nid, command, scope).await.map(|_| Some(nid)),
+            _ => {
                 // Not stored; an emit still carries the id its notification was given.
                 if let (Some(nid), Command::Emit { args, .. }) = (nid, &mut command) {
                     stamp_id(args, nid);

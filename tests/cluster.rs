@@ -169,6 +169,43 @@ async fn redis_ingress_is_stored_once_and_replayed_on_another_instance() {
 }
 
 #[tokio::test]
+async fn a_burst_of_redis_ingress_keeps_publish_order_live_and_in_storage() {
+    let redis = RedisServer::running();
+    let (url, settings) = (redis.url(), [("HERALD__DELIVERY__MAX_REPLAY", "1000")]);
+    let (a, b) = tokio::join!(HeraldProcess::start_with("a", &url, &settings), HeraldProcess::start_with("b", &url, &settings));
+    for instance in [&a, &b] {
+        instance.wait_health("redis up", |h| h["redis"] == "up").await;
+    }
+    let (mut on_a, mut on_b) = (client(&a, "9").await, client(&b, "9").await);
+    // 300 messages in one burst: far more than one at a time keeps up with.
+    let burst = "for i = 1, 300 do redis.call('PUBLISH', KEYS[1], '{\"type\":\"t\",\"message\":\"' .. i .. '\"}') end";
+    redis.command(&["EVAL", burst, "1", "notify:user:9"]);
+
+    let expected: Vec<String> = (1..=300).map(|i| i.to_string()).collect();
+    let mut ids = vec![];
+    for tab in [&mut on_a, &mut on_b] {
+        let mut received = vec![];
+        for _ in 0..300 {
+            let n = tab.next_notification().await.expect("every message arrives");
+            received.push(n["message"].as_str().unwrap().to_string());
+            ids.push(n["id"].as_str().unwrap().to_string());
+        }
+        assert_eq!(received, expected, "live, in publish order");
+    }
+    assert_eq!(ids[..300], ids[300..], "the same id for each message on both instances");
+
+    // Stored once each, in publish order: a device that saw the first gets the other 299.
+    let token = mint_dev_token(SECRET, "9", None, &[], 3600).unwrap();
+    let mut device = TestClient::connect(a.addr(), "", Some(json!({ "token": token, "last_id": ids[0] })), "/").await.unwrap();
+    let mut replayed = vec![];
+    for _ in 1..300 {
+        replayed.push(device.next_notification().await.expect("replayed")["message"].as_str().unwrap().to_string());
+    }
+    assert_eq!(replayed, expected[1..], "stored in publish order");
+    assert!(device.receives_nothing("notification", QUIET).await, "stored once, not once per instance");
+}
+
+#[tokio::test]
 async fn the_per_user_connection_limit_holds_across_instances() {
     let redis = RedisServer::running();
     let url = redis.url();

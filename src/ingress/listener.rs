@@ -13,11 +13,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::future::maybe_done;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{poll, StreamExt};
 
 use super::decode::{self, DecodeError, Decoded, Limits};
 use crate::cluster::driver::ResilientDriver;
-use crate::delivery::{Delivery, DeliveryError, Origin, Scope};
+use crate::delivery::{Delivery, DeliveryError, Origin, Scope, Staged};
 use crate::store::Dedup;
 
 /// Pattern subscriptions besides the python channels.
@@ -79,6 +81,16 @@ impl Source {
     }
 }
 
+/// Messages whose store round-trips overlap. They are still stored and delivered in the order
+/// they were published, so that a room receives them, live and replayed, in that order.
+const IN_FLIGHT: usize = 64;
+
+/// Where a message stands after decoding (and storing, for a stored emit).
+enum Step {
+    Staged(Source, Staged),
+    Done(Source, &'static str),
+}
+
 /// Listens until the driver shuts down.
 pub async fn run(driver: ResilientDriver, delivery: Delivery, python_channels: Vec<String>, limits: Limits, status: Arc<IngressStatus>) {
     let patterns = vec![format!("{NODE_EMIT}*"), format!("{NODE_REQUEST}*"), format!("{NOTIFY}*")];
@@ -90,32 +102,73 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, python_channels: V
         }
     };
     tracing::info!(channels = ?python_channels, "Redis ingress listening");
-    while let Some((channel, payload)) = subscription.next().await {
-        status.touch();
-        let Some(source) = Source::of(&channel, &python_channels) else { continue };
-        let outcome = match source.decode(&channel, &payload, &limits) {
-            Ok(Decoded::Command(command)) => {
-                let key = dedup_key(&channel, &payload);
-                let dedup = Dedup { key: &key, listening_since_ms: driver.listening_since_ms() };
-                let origin = Origin { scope: Scope::Local, source: source.label(), dedup: Some(dedup), nid: None };
-                match delivery.apply(command, origin).await {
-                    Ok(_) => "delivered",
-                    Err(DeliveryError::UnknownNamespace(_)) => "unknown_namespace",
-                    Err(DeliveryError::Socket(_)) => "failed",
-                }
+    let mut staged = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            biased;
+            Some(step) = staged.next(), if !staged.is_empty() => deliver(&delivery, step).await,
+            message = subscription.next(), if staged.len() < IN_FLIGHT => {
+                let Some((channel, payload)) = message else { break };
+                status.touch();
+                let Some(source) = Source::of(&channel, &python_channels) else { continue };
+                let mut staging = Box::pin(maybe_done(stage(&driver, &delivery, &limits, source, channel, payload)));
+                // The first poll sends the store command, so that Redis stores messages in the
+                // order they were published, whatever order the replies come back in.
+                let _ = poll!(staging.as_mut());
+                staged.push_back(async move {
+                    staging.as_mut().await;
+                    staging.as_mut().take_output().expect("a finished stage has an output")
+                });
             }
-            Ok(Decoded::Ignored(why)) => {
-                tracing::debug!(channel = %channel, why, "ingress message ignored");
-                "ignored"
-            }
-            Err(e) => {
-                tracing::warn!(channel = %truncate(&channel), error = %e, bytes = payload.len(), "malformed ingress message skipped");
-                e.reason()
-            }
-        };
-        delivery.metrics().inc("herald_ingress_messages_total", &[("source", source.label()), ("outcome", outcome)]);
+        }
+    }
+    while let Some(step) = staged.next().await {
+        deliver(&delivery, step).await;
     }
     tracing::info!("Redis ingress stopped");
+}
+
+/// Delivers a staged message (in publish order) and counts its outcome.
+async fn deliver(delivery: &Delivery, step: Step) {
+    let (source, outcome) = match step {
+        Step::Staged(source, staged) => {
+            let outcome = match delivery.complete(staged).await {
+                Ok(_) => "delivered",
+                Err(DeliveryError::UnknownNamespace(_)) => "unknown_namespace",
+                Err(DeliveryError::Socket(_)) => "failed",
+            };
+            (source, outcome)
+        }
+        Step::Done(source, outcome) => (source, outcome),
+    };
+    delivery.metrics().inc("herald_ingress_messages_total", &[("source", source.label()), ("outcome", outcome)]);
+}
+
+/// Decodes one message and, for a command, stages it (stores it when it is a stored emit).
+async fn stage(
+    driver: &ResilientDriver,
+    delivery: &Delivery,
+    limits: &Limits,
+    source: Source,
+    channel: String,
+    payload: bytes::Bytes,
+) -> Step {
+    match source.decode(&channel, &payload, limits) {
+        Ok(Decoded::Command(command)) => {
+            let key = dedup_key(&channel, &payload);
+            let dedup = Dedup { key: &key, listening_since_ms: driver.listening_since_ms() };
+            let origin = Origin { scope: Scope::Local, source: source.label(), dedup: Some(dedup), nid: None };
+            Step::Staged(source, delivery.stage(command, origin).await)
+        }
+        Ok(Decoded::Ignored(why)) => {
+            tracing::debug!(channel = %channel, why, "ingress message ignored");
+            Step::Done(source, "ignored")
+        }
+        Err(e) => {
+            tracing::warn!(channel = %truncate(&channel), error = %e, bytes = payload.len(), "malformed ingress message skipped");
+            Step::Done(source, e.reason())
+        }
+    }
 }
 
 fn truncate(channel: &str) -> &str {

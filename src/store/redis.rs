@@ -115,7 +115,6 @@ pub struct RedisStore {
     redis_state: watch::Receiver<RedisState>,
     max_len: usize,
     max_age: Duration,
-    append: Script,
     set_id_if: Script,
 }
 
@@ -135,15 +134,7 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| StoreError(e.to_string()))?;
-        Ok(RedisStore {
-            connection,
-            node_id: node_id.to_string(),
-            redis_state,
-            max_len,
-            max_age,
-            append: Script::new(APPEND),
-            set_id_if: Script::new(SET_ID_IF),
-        })
+        Ok(RedisStore { connection, node_id: node_id.to_string(), redis_state, max_len, max_age, set_id_if: Script::new(SET_ID_IF) })
     }
 
     /// Runs `cmd`, once more when the first attempt met a connection Redis had dropped (after a
@@ -203,14 +194,17 @@ impl Store for RedisStore {
     fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<StreamId, StoreError>> {
         Box::pin(async move {
             let Stored { event, args, dedup, nid } = emit;
-            let mut invocation = self.append.prepare_invoke();
-            invocation.key(dedup.map(|d| format!("herald:dedup:{}", d.key)).unwrap_or_default());
+            // EVAL with the script's text rather than EVALSHA: a NOSCRIPT retry (first call,
+            // or after a Redis restart) would send some appends late, and the Redis ingress
+            // relies on appends reaching Redis in the order it sends them.
+            let mut eval = redis::cmd("EVAL");
+            eval.arg(APPEND).arg(1 + rooms.len());
+            eval.arg(dedup.map(|d| format!("herald:dedup:{}", d.key)).unwrap_or_default());
             for room in rooms {
-                invocation.key(stream_key(namespace, room));
+                eval.arg(stream_key(namespace, room));
             }
             let oldest_kept = now_ms().saturating_sub(self.max_age.as_millis() as u64);
-            invocation
-                .arg(event)
+            eval.arg(event)
                 .arg(stored::encode(args))
                 .arg(self.max_len)
                 .arg(format!("{oldest_kept}-0"))
@@ -219,7 +213,7 @@ impl Store for RedisStore {
                 .arg(nid.map(|n| n.to_string()).unwrap_or_default())
                 .arg(&self.node_id)
                 .arg(dedup.map_or(0, |d| d.listening_since_ms));
-            let nid: String = self.invoke(&invocation).await?;
+            let nid: String = self.query(&eval).await?;
             parse_id(&nid)
         })
     }
