@@ -12,15 +12,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method};
+use axum::middleware::from_fn;
 use axum::serve::ListenerExt;
-use axum::Router;
+use axum::{Router, ServiceExt};
 use socketioxide::adapter::Adapter;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, SocketIoBuilder};
 use socketioxide_core::adapter::DefinedAdapter;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tower::Layer;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::auth::Verifier;
@@ -110,7 +113,10 @@ impl Application {
             let _ = stop_accepting.send(());
         };
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
-        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(async move {
+        // Outside the router, so that it runs before routing (see `routes::request_head`).
+        let app = from_fn(routes::request_head::own_request_head).layer(router);
+        let app = ServiceExt::<Request>::into_make_service_with_connect_info::<SocketAddr>(app);
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = accepting_stopped.await;
         });
         let serve = tokio::spawn(async move { serve.await });
@@ -150,7 +156,6 @@ fn assemble<A: Adapter + DefinedAdapter>(
     socket::register(&io, state.clone());
     let router = routes::router(state.clone())
         .layer(socket_layer)
-        .layer(axum::middleware::from_fn(routes::request_head::own_request_head))
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::origin::enforce_origin))
         .layer(cors_layer(&state.settings.server.cors_origins)?);
     let tasks = vec![tokio::spawn(watch_redis(state.clone()))];
