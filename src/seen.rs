@@ -8,7 +8,8 @@
 //!   largest id delivered as of the previous flush, so that a notification still on its way
 //!   here (a relay a few milliseconds behind) is not skipped. If the instance dies, its users
 //!   are replayed from at most two flushes before the loss.
-//! - a clean disconnect moves the mark to now;
+//! - a clean disconnect moves the mark to now (when that write fails, in a disconnect storm or
+//!   a Redis outage, the next flushes retry it);
 //! - a lost connection (heartbeat timeout, transport error) moves it back to a heartbeat
 //!   window (ping interval + timeout) before now, since what was sent to a dead socket in that
 //!   window never arrived.
@@ -40,29 +41,36 @@ struct Book {
     delivered_before: StreamId,
     /// The mark last written for each connected user.
     written: HashMap<String, StreamId>,
+    /// Marks of clean disconnects that could not be written at once (a disconnect storm or a
+    /// Redis outage): retried with each flush.
+    unwritten: HashMap<String, StreamId>,
 }
 
 impl SeenMarks {
-    /// Writes the marks of the users connected here that moved since the last flush.
+    /// Writes the marks of the users connected here that moved since the last flush, and the
+    /// clean-disconnect marks not written yet.
     async fn flush(&self, state: &AppState) {
         let mut book = self.book.lock().await;
         let mark = std::mem::replace(&mut book.delivered_before, state.delivery.largest_applied());
         let users: HashSet<String> = state.connections.users().into_iter().collect();
         book.written.retain(|user, _| users.contains(user));
-        if mark == StreamId::default() {
+        let mut marks: Vec<(String, StreamId)> = Vec::new();
+        if mark != StreamId::default() {
+            marks.extend(
+                users.into_iter().filter(|user| book.written.get(user).is_none_or(|written| *written < mark)).map(|user| (user, mark)),
+            );
+        }
+        let connected = marks.len();
+        marks.extend(book.unwritten.iter().map(|(user, id)| (user.clone(), *id)));
+        if marks.is_empty() {
             return;
         }
-        let moved: Vec<(String, StreamId)> = users
-            .into_iter()
-            .filter(|user| book.written.get(user).is_none_or(|written| *written < mark))
-            .map(|user| (user, mark))
-            .collect();
-        if moved.is_empty() {
-            return;
-        }
-        match state.delivery.store().advance_seen(&moved).await {
-            Ok(()) => book.written.extend(moved),
-            Err(e) => tracing::debug!(error = %e, users = moved.len(), "seen marks not advanced"),
+        match state.delivery.store().advance_seen(&marks).await {
+            Ok(()) => {
+                book.unwritten.clear();
+                book.written.extend(marks.into_iter().take(connected));
+            }
+            Err(e) => tracing::warn!(error = %e, users = marks.len(), "seen marks not advanced; retried in a second"),
         }
     }
 
@@ -70,20 +78,27 @@ impl SeenMarks {
     /// had everything sent until now; otherwise it was lost and may have missed a heartbeat
     /// window's worth.
     pub async fn disconnected(&self, state: &AppState, user: &str, clean: bool) {
-        let result = if clean {
-            state.delivery.store().advance_seen(&[(user.to_string(), lagging_now(0))]).await
-        } else {
-            let mut book = self.book.lock().await;
-            if state.connections.of_user(user) > 0 {
-                // Another socket of the user is still here: the user is online.
-                return;
+        let store = state.delivery.store();
+        if clean {
+            let mark = lagging_now(0);
+            if let Err(e) = store.advance_seen(&[(user.to_string(), mark)]).await {
+                tracing::debug!(error = %e, user, "seen mark not written; retried with the next flush");
+                let mut book = self.book.lock().await;
+                let queued = book.unwritten.entry(user.to_string()).or_insert(mark);
+                *queued = (*queued).max(mark);
             }
-            book.written.remove(user);
-            let window = state.settings.socketio.heartbeat_window().as_millis() as u64;
-            state.delivery.store().rewind_seen(user, lagging_now(window)).await
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, user, "seen mark not recorded");
+            return;
+        }
+        let mut book = self.book.lock().await;
+        if state.connections.of_user(user) > 0 {
+            // Another socket of the user is still here: the user is online.
+            return;
+        }
+        book.written.remove(user);
+        book.unwritten.remove(user);
+        let window = state.settings.socketio.heartbeat_window().as_millis() as u64;
+        if let Err(e) = store.rewind_seen(user, lagging_now(window)).await {
+            tracing::warn!(error = %e, user, "seen mark not moved back");
         }
     }
 }

@@ -65,6 +65,30 @@ async fn delivers_channel_and_pattern_messages() {
 }
 
 #[tokio::test]
+async fn a_subscriber_that_does_not_keep_up_loses_counted_messages_and_the_rest_flow() {
+    let redis = RedisServer::running();
+    let driver = connected_driver(&redis).await;
+    let mut slow = driver.subscribe_stream(vec!["flood".into()], vec![]).await.unwrap();
+    // More than the subscription's buffer, while nothing reads it.
+    let flood = "for i = 1, 3000 do redis.call('PUBLISH', 'flood', i) end";
+    redis.command(&["EVAL", flood, "0"]);
+    timeout(RECOVERY_DEADLINE, async {
+        while driver.dropped_messages() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("dropped messages are counted");
+    let mut received = 0;
+    while let Ok(Some(_)) = timeout(Duration::from_millis(300), slow.next()).await {
+        received += 1;
+    }
+    assert_eq!(received + driver.dropped_messages(), 3000, "each message is either received or counted as dropped");
+    driver.publish("flood".into(), b"after".to_vec()).await.unwrap();
+    assert_eq!(next_item(&mut slow).await.1, Bytes::from_static(b"after"), "the subscription still works");
+}
+
+#[tokio::test]
 async fn health_checks_keep_an_idle_subscription_up() {
     let redis = RedisServer::running();
     let mut drivers_and_subscriptions = Vec::new();

@@ -153,6 +153,11 @@ impl ResilientDriver {
         self.shared.reachability.outages()
     }
 
+    /// Messages dropped since the driver started because a subscriber did not keep up.
+    pub fn dropped_messages(&self) -> u64 {
+        self.shared.registry().drops.total
+    }
+
     /// Subscribes to `channels` and `patterns` (`PSUBSCRIBE`), for as long as the returned
     /// stream lives, across Redis restarts. Items are `(channel, payload)`; for a pattern
     /// match, `channel` is the concrete channel the message was published on.
@@ -273,6 +278,35 @@ struct Registry {
     /// [`Driver::unsubscribe`] removes exactly that one.
     adapter_channels: HashMap<String, SubscriberId>,
     stopped: bool,
+    drops: Drops,
+}
+
+/// Messages dropped for subscribers that did not keep up: counted, and logged at most every
+/// [`DROP_REPORT_EVERY`] so that an overload does not also flood the log.
+#[derive(Default)]
+struct Drops {
+    total: u64,
+    unreported: u64,
+    reported_at: Option<Instant>,
+}
+
+const DROP_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+impl Drops {
+    fn record(&mut self, channel: &str) {
+        self.total += 1;
+        self.unreported += 1;
+        if self.reported_at.is_none_or(|at| at.elapsed() >= DROP_REPORT_EVERY) {
+            tracing::warn!(
+                dropped = self.unreported,
+                total = self.total,
+                last_channel = channel,
+                "subscriber is not keeping up; Redis messages dropped"
+            );
+            self.unreported = 0;
+            self.reported_at = Some(Instant::now());
+        }
+    }
 }
 
 struct Subscriber {
@@ -336,11 +370,11 @@ impl Registry {
         wanted
     }
 
-    fn dispatch(&self, message: &Msg) {
+    fn dispatch(&mut self, message: &Msg) {
         let channel = message.get_channel_name();
         let pattern: Option<String> = message.get_pattern().ok().flatten();
         let payload = message.get_payload_bytes();
-        for subscriber in self.subscribers.values() {
+        for subscriber in self.subscribers.values_mut() {
             let interested = match &pattern {
                 Some(pattern) => subscriber.patterns.contains(pattern),
                 None => subscriber.channels.iter().any(|wanted| wanted == channel),
@@ -349,7 +383,7 @@ impl Registry {
                 continue;
             }
             if let Err(mpsc::error::TrySendError::Full(_)) = subscriber.items.try_send((channel.to_owned(), payload.to_vec())) {
-                tracing::warn!(channel, "subscriber is not keeping up; Redis message dropped");
+                self.drops.record(channel);
             }
         }
     }
