@@ -286,6 +286,7 @@ async fn a_lost_connection_moves_the_seen_mark_back_in_redis() {
     let a = HeraldProcess::start_with("a", &redis.url(), &heartbeat).await;
     a.wait_health("redis up", |h| h["redis"] == "up").await;
     let dead = client(&a, "12").await; // reads nothing from here on, so answers no ping
+    tokio::time::sleep(Duration::from_secs(1)).await; // well inside the 4 s heartbeat window
     let lost = a.post("/api/v1/notify", json!({ "to": { "user": 12 }, "type": "t", "message": "lost" })).await.1;
     tokio::time::sleep(Duration::from_secs(5)).await; // marks flushed past `lost`, then the heartbeat times out
     a.wait_health("socket gone", |h| h["connections"] == 0).await;

@@ -32,6 +32,7 @@ async fn a_lost_connection_is_replayed_what_was_sent_to_it_while_it_was_dead() {
     // Heartbeat window: 2 s ping interval + 2 s timeout.
     let app = spawn_app_with(|s| (s.socketio.ping_interval_secs, s.socketio.ping_timeout_secs) = (2, 2)).await;
     let dead = app.connect("11").await; // from here on it reads nothing and answers no ping
+    tokio::time::sleep(Duration::from_secs(1)).await; // well inside the heartbeat window
     let lost = app.notify_user("11", "sent into the void").await;
     // The seen mark follows what was delivered (within two 1 s flushes), then the missed pong
     // ends the socket: its mark must go back before `lost`.

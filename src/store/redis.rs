@@ -132,7 +132,10 @@ impl RedisStore {
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(1000)))
             .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+            .set_max_delay(Duration::from_millis(500))
+            // Room for every command the Redis ingress has in flight (and more), so that none
+            // waits for a place in the queue: a wait could time out and reorder appends.
+            .set_pipeline_buffer_size(1024);
         let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| StoreError(e.to_string()))?;
         Ok(RedisStore { connection, node_id: node_id.to_string(), redis_state, max_len, max_age, set_id_if: Script::new(SET_ID_IF) })
     }
@@ -178,8 +181,10 @@ fn stream_key(namespace: &str, room: &str) -> String {
     format!("herald:stream:{namespace}:{room}")
 }
 
+/// A call that failed before Redis ran it, and can be sent again. Not a timeout: a timed-out
+/// append may have run, and sending it again would store it twice or out of order.
 fn dropped(e: &redis::RedisError) -> bool {
-    e.is_connection_dropped() || e.is_io_error()
+    (e.is_connection_dropped() || e.is_io_error()) && !e.is_timeout()
 }
 
 fn failed(e: redis::RedisError) -> StoreError {
