@@ -10,7 +10,7 @@
 //! Stored emits and replay share a gate so that a socket that connects while notifications are
 //! flowing gets each of them exactly once: see [`crate::replay`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -233,6 +233,36 @@ pub(crate) struct Recent {
     pub replayed: HashMap<StreamId, (Vec<String>, Instant)>,
     /// The largest id of a stored emit applied on this instance.
     pub largest: StreamId,
+    /// Who stored emits reached since [`Delivery::take_reached`] was last called.
+    pub reached: Reached,
+}
+
+/// The users stored emits reached: those of `user_<id>` rooms by name, or everyone here when
+/// an emit went to any other room or to a whole namespace.
+#[derive(Default, Debug, PartialEq)]
+pub struct Reached {
+    pub everyone: bool,
+    pub users: HashSet<String>,
+}
+
+impl Reached {
+    fn record(&mut self, rooms: &[String]) {
+        if self.everyone {
+            return;
+        }
+        let users: Option<Vec<&str>> = rooms.iter().map(|room| crate::rooms::user_of_room(room)).collect();
+        match users {
+            Some(users) if !rooms.is_empty() => self.users.extend(users.into_iter().map(str::to_string)),
+            _ => {
+                self.everyone = true;
+                self.users.clear();
+            }
+        }
+    }
+
+    pub fn includes(&self, user: &str) -> bool {
+        self.everyone || self.users.contains(user)
+    }
 }
 
 impl Recent {
@@ -422,6 +452,7 @@ impl Delivery {
             let seq = self.inner.sequence.fetch_add(1, Ordering::SeqCst);
             recent.applied.push_back((seq, nid, Instant::now()));
             recent.largest = recent.largest.max(nid);
+            recent.reached.record(&target.rooms);
             if let Some((sids, _)) = recent.replayed.remove(&nid) {
                 target.except.extend(sids);
             }
@@ -453,9 +484,11 @@ impl Delivery {
         self.inner.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The largest id of a stored emit this instance has delivered to its sockets.
-    pub fn largest_applied(&self) -> StreamId {
-        self.recent().largest
+    /// The largest id of a stored emit this instance has delivered to its sockets, and who
+    /// stored emits reached since the last call.
+    pub fn take_reached(&self) -> (StreamId, Reached) {
+        let mut recent = self.recent();
+        (recent.largest, std::mem::take(&mut recent.reached))
     }
 
     pub async fn close_all(&self) {
@@ -479,6 +512,19 @@ pub fn stamp_id(args: &mut Args, nid: StreamId) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reached_names_users_of_user_rooms_and_everyone_otherwise() {
+        let rooms = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let mut reached = Reached::default();
+        reached.record(&rooms(&["user_1", "user_2"]));
+        assert!(reached.includes("1") && reached.includes("2") && !reached.includes("3"));
+        reached.record(&rooms(&["user_3", "role_admin"]));
+        assert!(reached.everyone, "a shared room may hold anyone");
+        let mut broadcast = Reached::default();
+        broadcast.record(&[]);
+        assert!(broadcast.includes("anyone"), "a namespace broadcast reaches everyone");
+    }
 
     #[test]
     fn stamp_keeps_producer_ids() {

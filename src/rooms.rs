@@ -10,6 +10,10 @@ use crate::auth::Identity;
 pub fn user_room(user_id: &str) -> String {
     format!("user_{user_id}")
 }
+/// The user a `user_<id>` room belongs to.
+pub fn user_of_room(room: &str) -> Option<&str> {
+    room.strip_prefix("user_")
+}
 pub fn role_room(role: &str) -> String {
     format!("role_{role}")
 }

@@ -4,7 +4,8 @@
 //! The mark must not lag, or a user whose instance dies gets again what they already had; and it
 //! must not run ahead of what reached them, or they miss something. So:
 //! - while a user is connected here, their mark follows the stored notifications this instance
-//!   has delivered, written every [`FLUSH_EVERY`] for all its users in one batch. It takes the
+//!   has delivered, written every [`FLUSH_EVERY`] in one batch for the users they reached (all
+//!   users here after an emit to a role, project or other shared room). It takes the
 //!   largest id delivered as of the previous flush, so that a notification still on its way
 //!   here (a relay a few milliseconds behind) is not skipped. If the instance dies, its users
 //!   are replayed from at most two flushes before the loss.
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+use crate::delivery::Reached;
 use crate::replay::lagging_now;
 use crate::state::AppState;
 use crate::store::StreamId;
@@ -37,8 +39,8 @@ pub struct SeenMarks {
 
 #[derive(Default)]
 struct Book {
-    /// The largest id delivered here, as of the previous flush.
-    delivered_before: StreamId,
+    /// The largest id delivered here as of the previous flush, and who was reached before it.
+    delivered_before: (StreamId, Reached),
     /// The mark last written for each connected user.
     written: HashMap<String, StreamId>,
     /// Marks of clean disconnects that could not be written at once (a disconnect storm or a
@@ -51,14 +53,17 @@ impl SeenMarks {
     /// clean-disconnect marks not written yet.
     async fn flush(&self, state: &AppState) {
         let mut book = self.book.lock().await;
-        let mark = std::mem::replace(&mut book.delivered_before, state.delivery.largest_applied());
+        let (mark, reached) = std::mem::replace(&mut book.delivered_before, state.delivery.take_reached());
         let users: HashSet<String> = state.connections.users().into_iter().collect();
         book.written.retain(|user, _| users.contains(user));
         let mut marks: Vec<(String, StreamId)> = Vec::new();
         if mark != StreamId::default() {
-            marks.extend(
-                users.into_iter().filter(|user| book.written.get(user).is_none_or(|written| *written < mark)).map(|user| (user, mark)),
-            );
+            // Users nothing reached keep their mark, unless they have none from here yet.
+            let moved = |user: &String| match book.written.get(user) {
+                None => true,
+                Some(written) => *written < mark && reached.includes(user),
+            };
+            marks.extend(users.into_iter().filter(moved).map(|user| (user, mark)));
         }
         let connected = marks.len();
         marks.extend(book.unwritten.iter().map(|(user, id)| (user.clone(), *id)));

@@ -263,10 +263,20 @@ async fn nothing_stored_is_lost_when_every_instance_restarts() {
 async fn after_an_instance_crash_an_unchanged_client_gets_the_gap_once_and_nothing_older() {
     let redis = RedisServer::running();
     let [mut a, b, _c] = three_instances(&redis).await;
-    client(&a, "8").await.disconnect().await; // the user has been online before
-    let mut tab = client(&a, "8").await;
+    for user in ["8", "18"] {
+        client(&a, user).await.disconnect().await; // the users have been online before
+    }
+    b.post("/api/v1/notify", json!({ "to": { "user": 8 }, "type": "t", "message": "while offline" })).await;
+    let (mut tab, mut other) = (client(&a, "8").await, client(&a, "18").await);
+    assert_eq!(tab.next_notification().await.unwrap()["message"], "while offline");
+    // Both users' marks are written once (they are new here); from then on a mark moves only
+    // for the users a notification reached: by name, or everyone for a broadcast.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    b.post("/api/v1/notify", json!({ "to": { "broadcast": true }, "type": "t", "message": "everyone" })).await;
     b.post("/api/v1/notify", json!({ "to": { "user": 8 }, "type": "t", "message": "before" })).await;
+    assert_eq!(tab.next_notification().await.unwrap()["message"], "everyone");
     assert_eq!(tab.next_notification().await.unwrap()["message"], "before");
+    assert_eq!(other.next_notification().await.unwrap()["message"], "everyone");
     // The instance writes its users' seen marks every second, up to what it had delivered a
     // second earlier.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -277,6 +287,8 @@ async fn after_an_instance_crash_an_unchanged_client_gets_the_gap_once_and_nothi
     let n = back.next_notification().await.expect("the gap is replayed");
     assert_eq!((n["id"].clone(), n["message"].clone()), (gap["id"].clone(), json!("gap")));
     assert!(back.receives_nothing("notification", QUIET).await, "nothing from before the crash again");
+    let mut other_back = client(&b, "18").await;
+    assert!(other_back.receives_nothing("notification", QUIET).await, "the broadcast is not replayed again");
 }
 
 #[tokio::test]
