@@ -46,6 +46,8 @@ struct Book {
     /// Marks of clean disconnects that could not be written at once (a disconnect storm or a
     /// Redis outage): retried with each flush.
     unwritten: HashMap<String, StreamId>,
+    /// The last flush failed: the next failure is not logged again (an outage logs once).
+    failing: bool,
 }
 
 impl SeenMarks {
@@ -72,10 +74,17 @@ impl SeenMarks {
         }
         match state.delivery.store().advance_seen(&marks).await {
             Ok(()) => {
+                if std::mem::take(&mut book.failing) {
+                    tracing::info!(users = marks.len(), "seen marks written again");
+                }
                 book.unwritten.clear();
                 book.written.extend(marks.into_iter().take(connected));
             }
-            Err(e) => tracing::warn!(error = %e, users = marks.len(), "seen marks not advanced; retried in a second"),
+            Err(e) if !book.failing => {
+                book.failing = true;
+                tracing::warn!(error = %e, users = marks.len(), "seen marks not advanced; retried every second");
+            }
+            Err(e) => tracing::debug!(error = %e, users = marks.len(), "seen marks still not advanced"),
         }
     }
 
