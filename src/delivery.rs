@@ -173,9 +173,15 @@ pub struct Staged {
     scope: Scope,
     source: &'static str,
     started: Instant,
-    /// The stored id, or the id the command came with.
-    nid: Option<StreamId>,
-    stored: bool,
+    id: StagedId,
+}
+
+/// The id a staged command is delivered with.
+enum StagedId {
+    /// Stored under this id: delivered through every instance's `apply_stored_locally`.
+    Stored(StreamId),
+    /// Not stored: the id the command came with, if any.
+    Given(Option<StreamId>),
 }
 
 /// Which emits are stored: an event in `persisted_events` sent to a room matching
@@ -250,12 +256,15 @@ impl Reached {
         if self.everyone {
             return;
         }
-        let users: Option<Vec<&str>> = rooms.iter().map(|room| crate::rooms::user_of_room(room)).collect();
-        match users {
-            Some(users) if !rooms.is_empty() => self.users.extend(users.into_iter().map(str::to_string)),
-            _ => {
-                self.everyone = true;
-                self.users.clear();
+        let user_rooms_only = !rooms.is_empty() && rooms.iter().all(|room| crate::rooms::user_of_room(room).is_some());
+        if !user_rooms_only {
+            self.everyone = true;
+            self.users.clear();
+            return;
+        }
+        for user in rooms.iter().filter_map(|room| crate::rooms::user_of_room(room)) {
+            if !self.users.contains(user) {
+                self.users.insert(user.to_string());
             }
         }
     }
@@ -347,27 +356,27 @@ impl Delivery {
             let label = if self.inner.persist.stores_event(event) { event.as_str() } else { "other" };
             self.inner.metrics.inc("herald_events_out_total", &[("event", label)]);
         }
-        let stored = match &command {
+        let id = match &command {
             Command::Emit { target, event, args } => {
                 let streams = self.inner.persist.streams(event, &target.rooms);
                 if streams.is_empty() {
-                    None
+                    StagedId::Given(nid)
                 } else {
-                    Some(self.store_once(&target.namespace, &streams, Stored { event, args, dedup, nid }).await)
+                    StagedId::Stored(self.store_once(&target.namespace, &streams, Stored { event, args, dedup, nid }).await)
                 }
             }
-            _ => None,
+            _ => StagedId::Given(nid),
         };
-        Staged { command, scope, source, started, nid: stored.or(nid), stored: stored.is_some() }
+        Staged { command, scope, source, started, id }
     }
 
     /// The second half of [`apply`](Self::apply): delivers a staged command and counts the outcome.
     pub async fn complete(&self, staged: Staged) -> Result<Option<StreamId>, DeliveryError> {
-        let Staged { mut command, scope, source, started, nid, stored } = staged;
+        let Staged { mut command, scope, source, started, id } = staged;
         let kind = command.kind();
-        let result = match nid {
-            Some(nid) if stored => self.deliver_stored(nid, command, scope).await.map(|_| Some(nid)),
-            _ => {
+        let result = match id {
+            StagedId::Stored(nid) => self.deliver_stored(nid, command, scope).await.map(|_| Some(nid)),
+            StagedId::Given(nid) => {
                 // Not stored; an emit still carries the id its notification was given.
                 if let (Some(nid), Command::Emit { args, .. }) = (nid, &mut command) {
                     stamp_id(args, nid);
@@ -375,12 +384,7 @@ impl Delivery {
                 self.apply_plain(&command, scope).await.map(|_| nid)
             }
         };
-        let outcome = match &result {
-            Ok(_) => "delivered",
-            Err(DeliveryError::UnknownNamespace(_)) => "unknown_namespace",
-            Err(DeliveryError::Socket(_)) => "failed",
-        };
-        self.inner.metrics.inc("herald_commands_total", &[("source", source), ("kind", kind), ("outcome", outcome)]);
+        self.inner.metrics.inc("herald_commands_total", &[("source", source), ("kind", kind), ("outcome", outcome(&result))]);
         self.inner.metrics.observe("herald_delivery_latency_seconds", &[("source", source)], started.elapsed().as_secs_f64());
         if let Err(e) = &result {
             tracing::warn!(source, kind, error = %e, "command not delivered");
@@ -497,6 +501,15 @@ impl Delivery {
 
     pub async fn cluster_connections(&self) -> Result<usize, String> {
         self.inner.sockets.cluster_connections().await
+    }
+}
+
+/// The `outcome` label of a command's result in `/metrics`.
+pub fn outcome<T>(result: &Result<T, DeliveryError>) -> &'static str {
+    match result {
+        Ok(_) => "delivered",
+        Err(DeliveryError::UnknownNamespace(_)) => "unknown_namespace",
+        Err(DeliveryError::Socket(_)) => "failed",
     }
 }
 

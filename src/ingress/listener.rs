@@ -19,7 +19,7 @@ use futures_util::{poll, StreamExt};
 
 use super::decode::{self, DecodeError, Decoded, Limits};
 use crate::cluster::driver::ResilientDriver;
-use crate::delivery::{Delivery, DeliveryError, Origin, Scope, Staged};
+use crate::delivery::{outcome, Delivery, Origin, Scope, Staged};
 use crate::store::Dedup;
 
 /// Pattern subscriptions besides the python channels.
@@ -131,14 +131,7 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, python_channels: V
 /// Delivers a staged message (in publish order) and counts its outcome.
 async fn deliver(delivery: &Delivery, step: Step) {
     let (source, outcome) = match step {
-        Step::Staged(source, staged) => {
-            let outcome = match delivery.complete(staged).await {
-                Ok(_) => "delivered",
-                Err(DeliveryError::UnknownNamespace(_)) => "unknown_namespace",
-                Err(DeliveryError::Socket(_)) => "failed",
-            };
-            (source, outcome)
-        }
+        Step::Staged(source, staged) => (source, outcome(&delivery.complete(staged).await)),
         Step::Done(source, outcome) => (source, outcome),
     };
     delivery.metrics().inc("herald_ingress_messages_total", &[("source", source.label()), ("outcome", outcome)]);

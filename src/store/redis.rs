@@ -69,8 +69,8 @@ end
 return nid
 "#;
 
-/// Sets each KEYS[i] to ARGV[i] unless it already holds a larger id (`larger` = 1), or a smaller
-/// one (`larger` = -1): ARGV[#KEYS + 1] says which.
+/// Sets each KEYS[i] to ARGV[i] unless it already holds an id on the kept side of it: larger
+/// when ARGV[#KEYS + 1] is 1, smaller when it is -1 (see [`Keep`]).
 const SET_ID_IF: &str = r#"
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -140,8 +140,6 @@ impl RedisStore {
         Ok(RedisStore { connection, node_id: node_id.to_string(), redis_state, max_len, max_age, set_id_if: Script::new(SET_ID_IF) })
     }
 
-    /// Runs `cmd`, once more when the first attempt met a connection Redis had dropped (after a
-    /// Redis restart the manager reconnects only once a command has failed on the old one).
     /// Moves each key to its id, unless it already holds an id on the `keep` side of it.
     async fn set_ids(&self, ids: impl IntoIterator<Item = (String, StreamId)>, keep: Keep) -> Result<(), StoreError> {
         let mut invocation = self.set_id_if.prepare_invoke();
@@ -153,6 +151,8 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Runs `cmd`, once more when the first attempt met a connection Redis had dropped (after a
+    /// Redis restart the manager reconnects only once a command has failed on the old one).
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
         match cmd.query_async(&mut self.conn()?).await {
             Err(e) if dropped(&e) => cmd.query_async(&mut self.conn()?).await.map_err(failed),
