@@ -60,7 +60,7 @@ URLS=(); HERALD_PIDS=()
 per_instance=$(( (CONNS + INSTANCES - 1) / INSTANCES + 10 ))
 for i in $(seq 1 "$INSTANCES"); do
   port=$(free_port)
-  env HERALD__SERVER__HOST=127.0.0.1 HERALD__SERVER__PORT="$port" HERALD__SERVER__NODE_ID="bench-$i" \
+  env HERALD__SERVER__HOST=127.0.0.1 HERALD__SERVER__PORT="$port" HERALD__SERVER__NODE_ID="bench-$i" HERALD__STORAGE__DATA_DIR="$OUT/data-$i" \
     HERALD__AUTH__JWT_SECRET="$SECRET" HERALD__API__KEYS="$KEY" HERALD__REDIS__URL="redis://127.0.0.1:$REDIS_PORT/0" \
     HERALD__LIMITS__MAX_CONNECTIONS="$per_instance" HERALD__LIMITS__CONNECTS_PER_IP_PER_MINUTE=0 \
     RUST_LOG=warn "$ROOT/target/release/herald" > "$OUT/herald-$i.log" 2>&1 &

@@ -133,7 +133,9 @@ start_server() { # name [redis]
   PORT=$(free_port)
   case "$name" in
     herald)
+      rm -rf "$OUT/herald-data"
       env HERALD__SERVER__HOST=127.0.0.1 HERALD__SERVER__PORT="$PORT" HERALD__AUTH__JWT_SECRET="$SECRET" \
+        HERALD__STORAGE__DATA_DIR="$OUT/herald-data" \
         HERALD__API__KEYS="$KEY" HERALD__LIMITS__MAX_CONNECTIONS=20000 HERALD__LIMITS__CONNECTS_PER_IP_PER_MINUTE=0 \
         ${redis_url:+HERALD__REDIS__URL=$redis_url} RUST_LOG=warn "$HERALD" > "$OUT/herald.log" 2>&1 &
       ;;

@@ -21,6 +21,8 @@ pub struct Settings {
     pub rooms: RoomSettings,
     pub limits: LimitSettings,
     pub delivery: DeliverySettings,
+    pub storage: StorageSettings,
+    pub outbox: OutboxSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -61,6 +63,16 @@ impl ServerSettings {
             .unwrap_or_else(|| "herald".into());
         format!("{host}-{}", std::process::id())
     }
+
+    /// This run of this instance: the node id and when the process started. Sessions,
+    /// delivered marks and liveness are kept per run, so an instance restarted under the same
+    /// node id is never taken for the one that died.
+    pub fn instance_id(&self) -> String {
+        static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+        let started =
+            STARTED.get_or_init(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros()));
+        format!("{}@{started}", self.node_id())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,11 +105,56 @@ impl Default for AuthSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSettings {
     /// Bearer keys accepted by the HTTP API. Empty: the API refuses every request.
     pub keys: Vec<String>,
+    /// How long an `Idempotency-Key` (or a notify body's `id`) is remembered.
+    pub idempotency_window_secs: u64,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self { keys: vec![], idempotency_window_secs: 24 * 3600 }
+    }
+}
+
+impl ApiSettings {
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_secs(self.idempotency_window_secs)
+    }
+}
+
+/// Where the embedded default keeps its database, and the cluster mode its outbox.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Created when missing. The embedded default's database is `herald.db` in it; with Redis,
+    /// the outbox is `outbox.db`.
+    pub data_dir: String,
+    /// Keep everything in process memory instead (lost on restart): for tests.
+    pub in_memory: bool,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self { data_dir: "./data".into(), in_memory: false }
+    }
+}
+
+/// Cluster mode: HTTP commands that cannot reach Redis wait on disk, in order, until it returns.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Commands the outbox holds at most; past that (or 0: no outbox) the API answers 503.
+    pub max_entries: usize,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self { max_entries: 10_000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -10,6 +10,7 @@ pub mod ingress;
 pub mod limits;
 pub mod metrics;
 pub mod notification;
+pub mod outbox;
 pub mod payload;
 pub mod replay;
 pub mod rooms;

@@ -2,76 +2,105 @@
 //! and HTTP (SPEC §7, §4 `notifications:*`).
 //!
 //! Replay must neither lose nor repeat a notification that is being delivered while the socket
-//! connects. It works with the gate in [`Delivery`]: every stored emit applied on this instance
-//! holds the gate for reading and records `(sequence, nid)`. A replay
-//! 1. joins the rooms while holding the gate for writing, noting the sequence number `J`
-//!    ([`join`]);
-//! 2. reads the stored entries after the cursor (no lock held);
-//! 3. holding the gate for writing again, drops entries applied here after `J` (they reached the
-//!    socket live), marks the rest as replayed to this socket (so that an entry still on its way
-//!    to this instance leaves this socket out when it arrives), and emits them in order.
+//! connects, and must send everything in id order. It works with the gate in [`Delivery`]: every
+//! stored emit applied on this instance holds the gate for reading. A replay
+//! 1. joins the rooms while holding the gate for writing, and registers the socket as replaying
+//!    ([`join`]): from then on, stored emits for it are held back rather than sent;
+//! 2. works out its cursor and reads the stored entries after it (no lock held);
+//! 3. holding the gate for writing again, merges what was read with what was held, marks the
+//!    entries read from the store as replayed to this socket (so that an entry still on its way
+//!    to this instance leaves this socket out when it arrives), sends everything in id order,
+//!    and unregisters the socket ([`replay`]).
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
 
 use serde_json::{json, Value as Json};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
 
-use crate::delivery::{stamp_id, Delivery};
-use crate::notification::{iso_now, now_ms, EVENT};
+use crate::delivery::{stamp_id, Delivery, Replaying};
+use crate::notification::{iso_now, EVENT};
 use crate::payload::Value;
 use crate::store::{merged_range, Entry, ReadState, StoreError, StreamId, BROADCAST_STREAM};
 
-/// Proof that a socket joined its rooms at a point of the local apply sequence.
+/// Proof that a socket joined its rooms and is registered as replaying.
 pub struct Joined {
     rooms: Vec<String>,
-    sequence: u64,
 }
 
-/// Joins `rooms` (step 1): from here on the socket receives live emits to them.
+impl Joined {
+    pub fn rooms(&self) -> &[String] {
+        &self.rooms
+    }
+}
+
+/// Joins `rooms` (step 1): from here on stored emits to them are held for the replay.
 pub async fn join<A: Adapter>(delivery: &Delivery, socket: &SocketRef<A>, rooms: Vec<String>) -> Joined {
     let _gate = delivery.gate().write().await;
     socket.join(rooms.clone());
-    Joined { rooms, sequence: delivery.sequence() }
+    let replaying =
+        Replaying { namespace: socket.ns().to_string(), rooms: rooms.iter().cloned().collect(), held: vec![], since: Instant::now() };
+    delivery.recent().replaying.insert(socket.id.to_string(), replaying);
+    Joined { rooms }
 }
 
-/// Replays what was stored for the joined rooms after `after` (steps 2 and 3).
-pub async fn replay<A: Adapter>(delivery: &Delivery, socket: &SocketRef<A>, joined: Joined, after: StreamId, max_replay: usize) {
+/// Sends what was stored for the joined rooms after `after` (nothing from the store when
+/// `None`), with what was held since the join, in id order (steps 2 and 3). Returns false when
+/// the store could not be read.
+pub async fn replay<A: Adapter>(
+    delivery: &Delivery,
+    socket: &SocketRef<A>,
+    joined: Joined,
+    after: Option<StreamId>,
+    max_replay: usize,
+) -> bool {
     let streams = persisted_streams(delivery, &joined.rooms);
-    let mut entries = match merged_range(delivery.store().as_ref(), socket.ns(), &streams, Some(after)).await {
-        Ok(entries) => entries,
-        Err(e) => {
-            delivery.metrics().inc("herald_replay_failures_total", &[]);
-            tracing::warn!(sid = %socket.id, error = %e, "replay skipped: store unavailable");
-            return;
-        }
+    let (mut entries, read) = match after {
+        None => (vec![], true),
+        Some(after) => match merged_range(delivery.store().as_ref(), socket.ns(), &streams, Some(after)).await {
+            Ok(entries) => (entries, true),
+            Err(e) => {
+                delivery.metrics().inc("herald_replay_failures_total", &[]);
+                tracing::warn!(sid = %socket.id, error = %e, "replay skipped: store unavailable");
+                (vec![], false)
+            }
+        },
     };
 
     let _gate = delivery.gate().write().await;
-    {
+    let held = {
         let mut recent = delivery.recent();
-        let live: HashSet<StreamId> = recent.applied.iter().filter(|(seq, _, _)| *seq >= joined.sequence).map(|(_, nid, _)| *nid).collect();
-        entries.retain(|e| !live.contains(&e.nid));
-        let now = std::time::Instant::now();
+        let held = recent.replaying.remove(socket.id.as_str()).map(|r| r.held).unwrap_or_default();
+        let held_ids: HashSet<StreamId> = held.iter().map(|(nid, _, _)| *nid).collect();
+        entries.retain(|e| !held_ids.contains(&e.nid));
+        let now = Instant::now();
         for entry in &entries {
             recent.replayed.entry(entry.nid).or_insert_with(|| (vec![], now)).0.push(socket.id.to_string());
         }
-    }
-    if entries.is_empty() {
-        return;
-    }
+        held
+    };
     let missed = entries.len();
     if missed > max_replay {
         let summary = offline_summary(&entries, max_replay);
         entries.drain(..missed - max_replay);
         emit(socket, EVENT, &crate::payload::Args::one(summary));
     }
-    for entry in entries {
-        let mut args = entry.args;
-        stamp_id(&mut args, entry.nid);
-        emit(socket, &entry.event, &args);
+    let mut out: Vec<(StreamId, String, crate::payload::Args)> = entries
+        .into_iter()
+        .map(|entry| {
+            let mut args = entry.args;
+            stamp_id(&mut args, entry.nid);
+            (entry.nid, entry.event, args)
+        })
+        .collect();
+    out.extend(held);
+    out.sort_by_key(|(nid, _, _)| *nid);
+    for (_, event, args) in &out {
+        emit(socket, event, args);
     }
     delivery.metrics().add("herald_replayed_total", &[], missed.min(max_replay) as u64);
+    read
 }
 
 fn emit<A: Adapter>(socket: &SocketRef<A>, event: &str, args: &crate::payload::Args) {
@@ -102,12 +131,6 @@ fn offline_summary(entries: &[Entry], replayed: usize) -> Value {
         "timestamp": iso_now(),
         "data": { "missed": entries.len(), "replayed": replayed, "by_type": by_type },
     }))
-}
-
-/// A seen mark `lag_ms` ago: everything stored before that millisecond. Whatever is stored in
-/// the same millisecond is replayed rather than risked.
-pub fn lagging_now(lag_ms: u64) -> StreamId {
-    StreamId::new(now_ms().saturating_sub(lag_ms + 1), u64::MAX)
 }
 
 /// One user's stored notifications in one namespace.

@@ -1,128 +1,415 @@
-//! Where each user stopped: the seen mark from which an unchanged client (one that sends no
-//! `auth.last_id`) is replayed what it missed (SPEC §7).
+//! Where each user stopped: the cursor from which an unchanged client (one that sends no
+//! `auth.last_id`) is replayed what it missed (SPEC §7: "since its user was last online").
 //!
-//! The mark must not lag, or a user whose instance dies gets again what they already had; and it
-//! must not run ahead of what reached them, or they miss something. So:
-//! - while a user is connected here, their mark follows the stored notifications this instance
-//!   has delivered, written every [`FLUSH_EVERY`] in one batch for the users they reached (all
-//!   users here after an emit to a role, project or other shared room). It takes the
-//!   largest id delivered as of the previous flush, so that a notification still on its way
-//!   here (a relay a few milliseconds behind) is not skipped. If the instance dies, its users
-//!   are replayed from at most two flushes before the loss.
-//! - a clean disconnect moves the mark to now (when that write fails, in a disconnect storm or
-//!   a Redis outage, the next flushes retry it);
-//! - a lost connection (heartbeat timeout, transport error) moves it back to a heartbeat
-//!   window (ping interval + timeout) before now, since what was sent to a dead socket in that
-//!   window never arrived.
+//! A user is online while a socket of theirs is connected on a live instance. The store keeps,
+//! per user, a session entry per instance (`sockets`, and `since`: what had reached the user
+//! when their first socket there connected) and a seen mark (where they stood when their last
+//! socket went away). Each instance also writes, every [`FLUSH_EVERY`], one *delivered mark*:
+//! every stored notification up to it reached its sockets. Nothing is written per notification
+//! or per recipient, so a broadcast to 10,000 connected users costs no mark writes at all.
 //!
-//! Flushes and rewinds are serialized by one lock, and a flush reads the connected users under
-//! it: a rewind is never overwritten by a flush that still counted the lost socket.
+//! On connect, an unchanged client's cursor is:
+//! - nothing to replay, when another socket of the user is connected on a live instance (a new
+//!   tab or device of an online user gets nothing they already received);
+//! - otherwise the largest of the seen mark and, for each instance that died holding sockets of
+//!   the user, `max(since, that instance's delivered mark)`. Those entries are then folded into
+//!   the seen mark. An instance that dies is known at once: it no longer subscribes to its
+//!   channel in Redis (see `store::redis`).
+//!
+//! When a user's last socket on an instance goes away the entry ends, and the seen mark moves to
+//! now less [`IN_FLIGHT`] (a clean close: what was on its way may not have arrived), or less the
+//! heartbeat window (a lost connection: a dead socket may have missed that much). These are the
+//! documented windows in which a notification may arrive twice rather than never.
+//!
+//! A socket that connects while its user is online elsewhere is replayed nothing; but the other
+//! socket may be dead without anyone knowing yet (a lost connection is noticed within the
+//! heartbeat window; a client may reconnect sooner, e.g. when a load balancer moves its polling
+//! session). So the new socket is *watched* for a heartbeat window: if the other socket's loss is
+//! noticed meanwhile, the new one is sent what was stored between that loss's mark and its own
+//! connect ([`LateReplay`]): twice rather than never, within the documented window.
+//!
+//! A user's session writes on this instance are serialized (by a lock among [`SHARDS`], chosen by
+//! user), and each writes the count this instance has at that moment, so a socket that goes away
+//! while its connect is still being handled never leaves an entry behind. Writes that fail (a
+//! Redis outage) are kept and retried with every flush.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{watch, Mutex};
 
-use crate::delivery::Reached;
-use crate::replay::lagging_now;
-use crate::state::AppState;
-use crate::store::StreamId;
+use crate::cluster::redis_state::RedisState;
+use crate::delivery::{stamp_id, Delivery};
+use crate::limits::ConnectionCounts;
+use crate::notification::now_ms;
+use crate::store::{merged_range, Store, StreamId};
 
-/// How often the marks of connected users are written.
+/// How often the delivered mark is written and failed writes are retried.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
+/// How long a stored notification may take from the store to every instance's sockets: what a
+/// socket that closed may still have had on its way. With Redis, a relay through pub/sub (it
+/// takes milliseconds; this leaves room for load).
+pub const IN_FLIGHT: Duration = Duration::from_secs(1);
+
+/// The same in the embedded default, where a notification is stored and applied in one call.
+pub const IN_FLIGHT_EMBEDDED: Duration = Duration::from_millis(100);
+
+/// How many locks serialize session writes (one user always takes the same one).
+const SHARDS: usize = 64;
+
 pub struct SeenMarks {
-    book: Mutex<Book>,
+    store: Arc<dyn Store>,
+    node_id: String,
+    heartbeat_window: Duration,
+    in_flight: Duration,
+    /// Cluster mode: the relay is only known to have delivered everything while Redis is up.
+    redis: std::sync::Mutex<Option<watch::Receiver<RedisState>>>,
+    book: std::sync::Mutex<Book>,
+    shards: Vec<Mutex<()>>,
 }
 
 #[derive(Default)]
 struct Book {
-    /// The largest id delivered here as of the previous flush, and who was reached before it.
-    delivered_before: (StreamId, Reached),
-    /// The mark last written for each connected user.
-    written: HashMap<String, StreamId>,
-    /// Marks of clean disconnects that could not be written at once (a disconnect storm or a
-    /// Redis outage): retried with each flush.
-    unwritten: HashMap<String, StreamId>,
+    /// Users with sockets here: how many, and the `since` of their session entry.
+    here: HashMap<String, (usize, StreamId)>,
+    /// Users whose session entry could not be written: rewritten with the next flush.
+    dirty: HashSet<String>,
+    /// Sessions that ended here but could not be written yet: user → mark.
+    ended: HashMap<String, StreamId>,
+    /// Since when (unix ms) Redis has been up without a break, as far as flushes saw.
+    up_since: Option<u64>,
     /// The last flush failed: the next failure is not logged again (an outage logs once).
     failing: bool,
+    /// Sockets that connected while their user was online, by user.
+    watches: HashMap<String, Vec<Watch>>,
+    /// Where the next flush's store checks of watched users begin.
+    next_check: usize,
+}
+
+/// How many watched users a flush checks in the store at most (the others wait their turn).
+const CHECKS_PER_FLUSH: usize = 500;
+
+/// What a socket that connected while its user was online elsewhere is sent when the other
+/// socket turns out to have been lost: what was stored after `after` and up to `until` (its
+/// own connect), to the socket `sid`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LateReplay {
+    pub user: String,
+    pub sid: String,
+    pub namespace: String,
+    pub streams: Vec<String>,
+    pub after: StreamId,
+    pub until: StreamId,
+}
+
+/// A socket that connected while its user was online: `late` holds what it would be sent.
+struct Watch {
+    late: LateReplay,
+    /// The user was online on another instance (checked in the store), not only here.
+    elsewhere: bool,
+    until: std::time::Instant,
+}
+
+/// Where an unchanged client's replay starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// Replay after this id (`None`: nothing, e.g. a user never seen before).
+    From(Option<StreamId>),
+    /// Nothing to replay: another socket of the user is connected, here or on another instance.
+    Online { elsewhere: bool },
+}
+
+/// Whether a user has another socket on this instance, as `cursor` needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtherTabs {
+    Here,
+    NoneHere,
 }
 
 impl SeenMarks {
-    /// Writes the marks of the users connected here that moved since the last flush, and the
-    /// clean-disconnect marks not written yet.
-    async fn flush(&self, state: &AppState) {
-        let mut book = self.book.lock().await;
-        let (mark, reached) = std::mem::replace(&mut book.delivered_before, state.delivery.take_reached());
-        let users: HashSet<String> = state.connections.users().into_iter().collect();
-        book.written.retain(|user, _| users.contains(user));
-        let mut marks: Vec<(String, StreamId)> = Vec::new();
-        if mark != StreamId::default() {
-            // Users nothing reached keep their mark, unless they have none from here yet.
-            let moved = |user: &String| match book.written.get(user) {
-                None => true,
-                Some(written) => *written < mark && reached.includes(user),
-            };
-            marks.extend(users.into_iter().filter(moved).map(|user| (user, mark)));
+    pub fn new(store: Arc<dyn Store>, node_id: &str, heartbeat_window: Duration, redis: Option<watch::Receiver<RedisState>>) -> SeenMarks {
+        let shards = (0..SHARDS).map(|_| Mutex::new(())).collect();
+        let in_flight = if redis.is_some() { IN_FLIGHT } else { IN_FLIGHT_EMBEDDED };
+        let redis = std::sync::Mutex::new(redis);
+        SeenMarks { store, node_id: node_id.to_string(), heartbeat_window, in_flight, redis, book: Default::default(), shards }
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn shard(&self, user: &str) -> &Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        user.hash(&mut hasher);
+        &self.shards[hasher.finish() as usize % SHARDS]
+    }
+
+    /// Where replay starts for an unchanged client of `user` connecting here.
+    pub async fn cursor(&self, user: &str, others: OtherTabs) -> Cursor {
+        if others == OtherTabs::Here {
+            return Cursor::Online { elsewhere: false };
         }
-        let connected = marks.len();
-        marks.extend(book.unwritten.iter().map(|(user, id)| (user.clone(), *id)));
-        if marks.is_empty() {
-            return;
+        let sessions = match self.store.sessions(user).await {
+            Ok(sessions) => sessions,
+            Err(e) => {
+                tracing::warn!(error = %e, user, "seen mark unavailable: no replay");
+                return Cursor::From(None);
+            }
+        };
+        let elsewhere: Vec<_> = sessions.nodes.iter().filter(|n| n.node != self.node_id).collect();
+        if elsewhere.is_empty() {
+            return Cursor::From(sessions.seen);
         }
-        match state.delivery.store().advance_seen(&marks).await {
-            Ok(()) => {
-                if std::mem::take(&mut book.failing) {
-                    tracing::info!(users = marks.len(), "seen marks written again");
+        let names: Vec<String> = elsewhere.iter().map(|n| n.node.clone()).collect();
+        let marks = match self.store.node_marks(&names).await {
+            Ok(marks) => marks,
+            Err(e) => {
+                tracing::warn!(error = %e, user, "instances unknown: no replay");
+                return Cursor::From(None);
+            }
+        };
+        let mut cursor = sessions.seen;
+        let mut dead = Vec::new();
+        for (session, mark) in elsewhere.iter().zip(marks) {
+            if mark.alive {
+                if session.sockets > 0 {
+                    return Cursor::Online { elsewhere: true };
                 }
-                book.unwritten.clear();
-                book.written.extend(marks.into_iter().take(connected));
+                continue;
             }
-            Err(e) if !book.failing => {
-                book.failing = true;
-                tracing::warn!(error = %e, users = marks.len(), "seen marks not advanced; retried every second");
+            let stood = session.since.max(mark.delivered.unwrap_or_default());
+            cursor = cursor.max(Some(stood));
+            dead.push((session.node.clone(), stood));
+        }
+        if let Err(e) = self.store.end_sessions(user, &dead).await {
+            tracing::debug!(error = %e, user, "sessions of dead instances not folded; folded on a later connect");
+        }
+        Cursor::From(cursor)
+    }
+
+    /// Watches a socket that connected while its user was online (see the module doc).
+    pub fn watch(&self, late: LateReplay, elsewhere: bool) {
+        let until = std::time::Instant::now() + self.heartbeat_window + FLUSH_EVERY * 5;
+        self.book().watches.entry(late.user.clone()).or_default().push(Watch { late, elsewhere, until });
+    }
+
+    /// The watched sockets of `user` that connected after `mark`: what they are to be sent.
+    fn take_late(&self, user: &str, mark: StreamId, book: &mut Book) -> Vec<LateReplay> {
+        let Some(watches) = book.watches.get_mut(user) else { return vec![] };
+        let mut late = Vec::new();
+        watches.retain(|w| {
+            if w.late.until > mark {
+                late.push(LateReplay { after: mark, ..w.late.clone() });
+                return false;
             }
-            Err(e) => tracing::debug!(error = %e, users = marks.len(), "seen marks still not advanced"),
+            true
+        });
+        if watches.is_empty() {
+            book.watches.remove(user);
+        }
+        late
+    }
+
+    /// A socket of `user` connected here (and was counted in `counts`); everything up to
+    /// `since` had reached the user.
+    pub async fn connected(&self, user: &str, counts: &ConnectionCounts, since: StreamId) {
+        let _serial = self.shard(user).lock().await;
+        let sockets = counts.of_user(user);
+        if sockets == 0 {
+            return; // it went away already, and its disconnect wrote what was left
+        }
+        let since = {
+            let mut book = self.book();
+            book.ended.remove(user);
+            let entry = book.here.entry(user.to_string()).or_insert((sockets, since));
+            entry.0 = sockets;
+            entry.1
+        };
+        self.write_sessions(user, sockets, since).await;
+    }
+
+    /// A socket of `user` went away (and was uncounted from `counts`). `clean`: the client or
+    /// the server closed it; otherwise it was lost (heartbeat timeout, transport error).
+    ///
+    /// Returns what watched sockets of the user here are to be sent, when this was a lost
+    /// socket that they may have replaced.
+    pub async fn disconnected(&self, user: &str, counts: &ConnectionCounts, clean: bool) -> Vec<LateReplay> {
+        let _serial = self.shard(user).lock().await;
+        let sockets = counts.of_user(user);
+        if sockets > 0 {
+            let (since, late) = {
+                let mut book = self.book();
+                let late = if clean {
+                    vec![]
+                } else {
+                    self.take_late(user, StreamId::lagging(self.heartbeat_window.as_millis() as u64), &mut book)
+                };
+                let Some(entry) = book.here.get_mut(user) else { return late };
+                entry.0 = sockets;
+                (entry.1, late)
+            };
+            self.write_sessions(user, sockets, since).await;
+            return late;
+        }
+        let lag = if clean { self.in_flight } else { self.heartbeat_window };
+        let since = {
+            let mut book = self.book();
+            book.dirty.remove(user);
+            book.here.remove(user).map(|(_, since)| since)
+        };
+        let mark = StreamId::lagging(lag.as_millis() as u64).max(since.unwrap_or_default());
+        self.book().watches.remove(user);
+        if let Err(e) = self.store.end_sessions(user, &[(self.node_id.clone(), mark)]).await {
+            tracing::debug!(error = %e, user, "seen mark not written; retried with the next flush");
+            let mut book = self.book();
+            let queued = book.ended.entry(user.to_string()).or_insert(mark);
+            *queued = (*queued).max(mark);
+        }
+        vec![]
+    }
+
+    /// Checks watched users online on other instances: when those sessions ended (the other
+    /// socket went away) before this socket connected, returns what it is to be sent.
+    async fn check_watches(&self) -> Vec<LateReplay> {
+        let users: Vec<String> = {
+            let mut book = self.book();
+            let now = std::time::Instant::now();
+            book.watches.retain(|_, watches| {
+                watches.retain(|w| w.until > now);
+                !watches.is_empty()
+            });
+            let mut users: Vec<String> =
+                book.watches.iter().filter(|(_, w)| w.iter().any(|w| w.elsewhere)).map(|(u, _)| u.clone()).collect();
+            users.sort();
+            let start = book.next_check % users.len().max(1);
+            users.rotate_left(start);
+            users.truncate(CHECKS_PER_FLUSH);
+            book.next_check = start + users.len();
+            users
+        };
+        let mut late = Vec::new();
+        for user in users {
+            let Ok(sessions) = self.store.sessions(&user).await else { continue };
+            let others: Vec<String> =
+                sessions.nodes.iter().filter(|n| n.node != self.node_id && n.sockets > 0).map(|n| n.node.clone()).collect();
+            let online_elsewhere = match self.store.node_marks(&others).await {
+                Ok(marks) => marks.iter().any(|m| m.alive),
+                Err(_) => continue,
+            };
+            if online_elsewhere {
+                continue;
+            }
+            // The sockets elsewhere went away: the seen mark says where the user stood.
+            let mark = sessions.seen.unwrap_or_default();
+            let mut book = self.book();
+            late.extend(self.take_late(&user, mark, &mut book));
+            if let Some(watches) = book.watches.get_mut(&user) {
+                watches.retain(|w| !w.elsewhere);
+            }
+        }
+        late
+    }
+
+    async fn write_sessions(&self, user: &str, sockets: usize, since: StreamId) {
+        if let Err(e) = self.store.set_sessions(user, &self.node_id, sockets as u64, since).await {
+            tracing::debug!(error = %e, user, "session not recorded; retried with the next flush");
+            self.book().dirty.insert(user.to_string());
         }
     }
 
-    /// A socket of `user` went away. `clean`: the client closed it (or the server did), so it
-    /// had everything sent until now; otherwise it was lost and may have missed a heartbeat
-    /// window's worth.
-    pub async fn disconnected(&self, state: &AppState, user: &str, clean: bool) {
-        let store = state.delivery.store();
-        if clean {
-            let mark = lagging_now(0);
-            if let Err(e) = store.advance_seen(&[(user.to_string(), mark)]).await {
-                tracing::debug!(error = %e, user, "seen mark not written; retried with the next flush");
-                let mut book = self.book.lock().await;
-                let queued = book.unwritten.entry(user.to_string()).or_insert(mark);
-                *queued = (*queued).max(mark);
+    /// Writes this instance's delivered mark and retries what failed.
+    async fn flush(&self) {
+        let now = now_ms();
+        // Up, and without a break since the previous flush (a change of state is a break).
+        let redis_up = match self.redis.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            None => true,
+            Some(redis) => {
+                let changed = redis.has_changed().unwrap_or(true);
+                *redis.borrow_and_update() == RedisState::Up && !changed
             }
-            return;
+        };
+        let up_since = {
+            let mut book = self.book();
+            book.up_since = if redis_up { Some(book.up_since.unwrap_or(now)) } else { None };
+            book.up_since
+        };
+        // Everything stored up to `in_flight` ago has reached this instance's sockets, if the
+        // relay ran all along since then.
+        let delivered = StreamId::lagging_from(now, self.in_flight.as_millis() as u64);
+        let mut failed = None;
+        if up_since.is_some_and(|since| since < delivered.ms) {
+            if let Err(e) = self.store.write_node_mark(&self.node_id, delivered).await {
+                failed = Some(e);
+            }
         }
-        let mut book = self.book.lock().await;
-        if state.connections.of_user(user) > 0 {
-            // Another socket of the user is still here: the user is online.
-            return;
+        let dirty: Vec<String> = std::mem::take(&mut self.book().dirty).into_iter().collect();
+        for user in dirty {
+            let _serial = self.shard(&user).lock().await;
+            let Some((sockets, since)) = self.book().here.get(&user).copied() else { continue };
+            if let Err(e) = self.store.set_sessions(&user, &self.node_id, sockets as u64, since).await {
+                failed.get_or_insert(e);
+                self.book().dirty.insert(user);
+            }
         }
-        book.written.remove(user);
-        book.unwritten.remove(user);
-        let window = state.settings.socketio.heartbeat_window().as_millis() as u64;
-        if let Err(e) = store.rewind_seen(user, lagging_now(window)).await {
-            tracing::warn!(error = %e, user, "seen mark not moved back");
+        let ended: Vec<(String, StreamId)> = self.book().ended.drain().collect();
+        for (user, mark) in ended {
+            let _serial = self.shard(&user).lock().await;
+            if self.book().here.contains_key(&user) {
+                continue; // back here since: the entry is the live one
+            }
+            if let Err(e) = self.store.end_sessions(&user, &[(self.node_id.clone(), mark)]).await {
+                failed.get_or_insert(e);
+                self.book().ended.insert(user, mark);
+            }
+        }
+        let mut book = self.book();
+        match failed {
+            None if std::mem::take(&mut book.failing) => tracing::info!("seen marks written again"),
+            None => {}
+            Some(e) if !book.failing => {
+                book.failing = true;
+                tracing::warn!(error = %e, "seen marks not written; retried every second");
+            }
+            Some(e) => tracing::debug!(error = %e, "seen marks still not written"),
         }
     }
 }
 
-/// Flushes the marks every [`FLUSH_EVERY`] for as long as the server runs.
-pub async fn keep_marks(state: Arc<AppState>) {
+/// Flushes the marks every [`FLUSH_EVERY`], and sends watched sockets what they turn out to
+/// have missed, for as long as the server runs.
+pub async fn keep_marks(seen: Arc<SeenMarks>, delivery: Delivery) {
     let mut ticker = tokio::time::interval(FLUSH_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        state.seen.flush(&state).await;
+        seen.flush().await;
+        for late in seen.check_watches().await {
+            send_late(&delivery, &late).await;
+        }
+    }
+}
+
+/// Sends a watched socket what it turns out to have missed (see [`LateReplay`]).
+pub async fn send_late(delivery: &Delivery, late: &LateReplay) {
+    let entries = match merged_range(delivery.store().as_ref(), &late.namespace, &late.streams, Some(late.after)).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(error = %e, sid = late.sid, "late replay skipped: store unavailable");
+            return;
+        }
+    };
+    let mut sent = 0;
+    for entry in entries.into_iter().filter(|e| e.nid <= late.until) {
+        let mut args = entry.args;
+        stamp_id(&mut args, entry.nid);
+        delivery.emit_to_socket(&late.namespace, &late.sid, &entry.event, args).await;
+        sent += 1;
+    }
+    if sent > 0 {
+        delivery.metrics().add("herald_replayed_total", &[], sent);
+        tracing::debug!(sid = late.sid, user = late.user, sent, "late replay after another socket of the user was lost");
     }
 }

@@ -35,9 +35,10 @@ use crate::delivery::{Delivery, PersistPolicy};
 use crate::ingress::decode::Limits;
 use crate::ingress::listener;
 use crate::metrics::Metrics;
+use crate::outbox::{self, Outbox};
 use crate::state::AppState;
-use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
+use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::{routes, socket};
 
@@ -79,13 +80,17 @@ impl Application {
             }
         };
         if let Some(driver) = redis {
-            state.delivery.set_fanout(Arc::new(RedisRelay { driver: driver.clone() }));
-            tasks.push(tokio::spawn(relay::run(driver.clone(), state.delivery.clone())));
+            state.delivery.set_fanout(Arc::new(RedisRelay));
+            tasks.push(tokio::spawn(relay::run(driver.clone(), state.delivery.clone(), state.instance_id.clone())));
+            if let Some(outbox) = &state.outbox {
+                let window = state.settings.api.idempotency_window();
+                tasks.push(tokio::spawn(outbox::run(outbox.clone(), state.delivery.clone(), driver.watch_state(), window)));
+            }
             let limits = Limits { max_bytes: state.settings.socketio.max_payload_bytes as usize, ..Limits::default() };
             let channels = state.settings.redis.python_channels.clone();
             tasks.push(tokio::spawn(listener::run(driver, state.delivery.clone(), channels, limits, state.ingress.clone())));
         }
-        tasks.push(tokio::spawn(crate::seen::keep_marks(state.clone())));
+        tasks.push(tokio::spawn(crate::seen::keep_marks(state.seen.clone(), state.delivery.clone())));
         tasks.push(tokio::spawn(heartbeat(state.clone())));
         Ok(Application { listener, router, state, tasks })
     }
@@ -151,8 +156,14 @@ fn assemble<A: Adapter + DefinedAdapter>(
     let (socket_layer, io): (SocketIoLayer<A>, SocketIo<A>) = builder.build_layer();
     let metrics = Arc::new(Metrics::default());
     let store = build_store(&settings, redis.as_ref())?;
+    let outbox = match &redis {
+        Some(_) => {
+            Outbox::open(&data_dir(&settings)?.join("outbox.db"), settings.outbox.max_entries).map_err(anyhow::Error::msg)?.map(Arc::new)
+        }
+        None => None,
+    };
     let delivery = Delivery::new(Arc::new(io.clone()), store, PersistPolicy::new(&settings.delivery), metrics.clone());
-    let state = Arc::new(AppState::new(settings, verifier, delivery, metrics, redis));
+    let state = Arc::new(AppState::new(settings, verifier, delivery, metrics, redis, outbox));
     socket::register(&io, state.clone());
     let router = routes::router(state.clone())
         .layer(socket_layer)
@@ -162,15 +173,27 @@ fn assemble<A: Adapter + DefinedAdapter>(
     Ok((router, state, tasks))
 }
 
+/// `storage.data_dir`, created when missing.
+fn data_dir(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from(&settings.storage.data_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("storage.data_dir {}: cannot create it: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 fn build_store(settings: &Settings, redis: Option<&ResilientDriver>) -> anyhow::Result<Arc<dyn Store>> {
     let delivery = &settings.delivery;
     let max_age = Duration::from_secs(delivery.stream_max_age_secs);
+    let node_id = settings.server.instance_id();
     Ok(match redis {
-        None => Arc::new(MemoryStore::new(delivery.stream_max_len, max_age)),
-        Some(driver) => {
-            let node_id = settings.server.node_id();
-            Arc::new(RedisStore::new(&settings.redis.url, &node_id, driver.watch_state(), delivery.stream_max_len, max_age)?)
+        None if settings.storage.in_memory => Arc::new(SqliteStore::open(None, &node_id, delivery.stream_max_len, max_age)?),
+        None => {
+            let path = data_dir(settings)?.join("herald.db");
+            let store = SqliteStore::open(Some(&path), &node_id, delivery.stream_max_len, max_age)
+                .map_err(|e| anyhow::anyhow!("storage {}: {e}", path.display()))?;
+            tracing::info!(path = %path.display(), "embedded store");
+            Arc::new(store)
         }
+        Some(driver) => Arc::new(RedisStore::new(&settings.redis.url, &node_id, driver.watch_state(), delivery.stream_max_len, max_age)?),
     })
 }
 

@@ -13,19 +13,24 @@ use crate::delivery::Delivery;
 use crate::ingress::listener::IngressStatus;
 use crate::limits::{ConnectRate, ConnectionCounts};
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::rooms::RoomPolicy;
 use crate::seen::SeenMarks;
 
 pub struct AppState {
     pub settings: Settings,
     pub node_id: String,
+    /// This run of the instance (see [`crate::configuration::ServerSettings::instance_id`]).
+    pub instance_id: String,
     pub verifier: Verifier,
     pub room_policy: RoomPolicy,
     pub delivery: Delivery,
     pub metrics: Arc<Metrics>,
     pub connections: ConnectionCounts,
     /// Where each user stopped, for replay to clients that send no `last_id`.
-    pub seen: SeenMarks,
+    pub seen: Arc<SeenMarks>,
+    /// Cluster mode: HTTP commands waiting on disk for Redis to return.
+    pub outbox: Option<Arc<Outbox>>,
     pub connect_rate: ConnectRate,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub started_at: Instant,
@@ -45,18 +50,28 @@ impl AppState {
         delivery: Delivery,
         metrics: Arc<Metrics>,
         redis: Option<ResilientDriver>,
+        outbox: Option<Arc<Outbox>>,
     ) -> AppState {
         let node_id = settings.server.node_id();
+        let instance_id = settings.server.instance_id();
         let presence = redis.as_ref().and_then(|driver| {
-            Presence::new(&settings.redis.url, driver.watch_state(), &node_id)
+            Presence::new(&settings.redis.url, driver.watch_state(), &instance_id)
                 .map_err(|e| tracing::error!(error = %e, "presence unavailable"))
                 .ok()
         });
+        let seen = Arc::new(SeenMarks::new(
+            delivery.store().clone(),
+            &instance_id,
+            settings.socketio.heartbeat_window(),
+            redis.as_ref().map(|r| r.watch_state()),
+        ));
         AppState {
             node_id,
+            instance_id,
             room_policy: RoomPolicy::new(&settings.rooms.joinable, settings.rooms.max_name_bytes),
             connections: ConnectionCounts::default(),
-            seen: SeenMarks::default(),
+            seen,
+            outbox,
             connect_rate: ConnectRate::new(settings.limits.connects_per_ip_per_minute),
             trusted_proxies: settings.server.trusted_proxies.iter().filter_map(|p| p.parse().ok()).collect(),
             settings,

@@ -70,17 +70,23 @@ async fn redis_outages_keep_local_delivery_and_heal_by_themselves() {
 
     redis.kill();
     a.wait_health("redis down", |h| h["redis"] == "down").await;
-    // Local delivery keeps working on each instance.
-    for (instance, user, tab) in [(&a, "1", &mut on_a), (&b, "2", &mut on_b)] {
-        let (status, _) = instance.post("/api/v1/notify", json!({ "to": { "user": user }, "type": "t", "message": "while down" })).await;
-        assert_eq!(status, 202);
-        assert_eq!(tab.next_notification().await.expect("local delivery")["message"], "while down");
+    // Notifications that cannot be stored wait in each instance's outbox, and the sockets
+    // stay connected.
+    for (instance, user) in [(&a, "1"), (&b, "2")] {
+        let (status, body) = instance.post("/api/v1/notify", json!({ "to": { "user": user }, "type": "t", "message": "while down" })).await;
+        assert_eq!((status, body), (202, json!({ "id": null, "queued": true })));
     }
+    assert!(on_a.receives_nothing("notification", QUIET).await, "not delivered before it is stored");
     assert_eq!(a.status("/ready").await, 200, "an outage after startup does not make the instance unready");
 
     redis.start();
     a.wait_health("redis back", |h| h["redis"] == "up").await;
     b.wait_health("redis back", |h| h["redis"] == "up").await;
+    for tab in [&mut on_a, &mut on_b] {
+        let n = tab.next_notification().await.expect("delivered once Redis is back");
+        assert_eq!(n["message"], "while down");
+        assert!(n["id"].is_string(), "stored: {n}");
+    }
     assert_cross_instance_delivery(&a, &mut on_b, "2", "after restart").await;
 
     // The same after every pub/sub connection is killed.
@@ -111,11 +117,11 @@ async fn an_instance_started_without_redis_serves_locally_and_becomes_ready() {
     let a = HeraldProcess::start("a", &redis.url()).await;
     assert_eq!(a.status("/ready").await, 503);
     let mut tab = client(&a, "1").await;
-    let (status, _) = a.post("/api/v1/notify", json!({ "to": { "user": 1 }, "type": "t", "message": "local" })).await;
-    assert_eq!(status, 202);
-    assert_eq!(tab.next_notification().await.expect("local delivery")["message"], "local");
+    let (status, body) = a.post("/api/v1/notify", json!({ "to": { "user": 1 }, "type": "t", "message": "queued" })).await;
+    assert_eq!((status, body), (202, json!({ "id": null, "queued": true })));
 
     redis.start();
+    assert_eq!(tab.next_notification().await.expect("delivered once Redis is reached")["message"], "queued");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while a.status("/ready").await != 200 {
         assert!(std::time::Instant::now() < deadline, "never became ready");
@@ -352,4 +358,134 @@ async fn the_first_notification_after_a_redis_restart_is_stored() {
     let history = reqwest::Client::new().get(a.url("/api/v1/users/4/notifications")).bearer_auth(common::API_KEY).send().await.unwrap();
     let history: serde_json::Value = history.json().await.unwrap();
     assert_eq!(history["items"][0]["id"], body["id"], "stored: {history}");
+}
+
+// Delivery without holes (issue 11): the four situations that lost or repeated notifications.
+
+#[tokio::test]
+async fn a_user_whose_instance_dies_right_after_connecting_gets_what_was_sent_meanwhile() {
+    let redis = RedisServer::running();
+    let [a, b, mut c] = three_instances(&redis).await;
+    let _first_visit = client(&c, "31").await; // never seen before: no seen mark anywhere
+    tokio::time::sleep(Duration::from_millis(300)).await; // well before any periodic write
+    c.kill();
+    let sent = a.post("/api/v1/notify", json!({ "to": { "user": 31 }, "type": "t", "message": "while between instances" })).await.1;
+
+    let mut back = client(&b, "31").await;
+    let n = back.next_notification().await.expect("what was sent after the crash is replayed");
+    assert_eq!((n["id"].clone(), n["message"].clone()), (sent["id"].clone(), json!("while between instances")));
+    assert!(back.receives_nothing("notification", QUIET).await, "once");
+}
+
+#[tokio::test]
+async fn a_new_tab_of_an_online_user_is_replayed_nothing_they_already_have() {
+    let redis = RedisServer::running();
+    let [a, b, _c] = three_instances(&redis).await;
+    client(&a, "32").await.disconnect().await; // seen before: a seen mark exists
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut first_tab = client(&a, "32").await;
+    b.post("/api/v1/notify", json!({ "to": { "user": 32 }, "type": "t", "message": "shown in the first tab" })).await;
+    assert_eq!(first_tab.next_notification().await.unwrap()["message"], "shown in the first tab");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut second_tab = client(&b, "32").await;
+    assert!(second_tab.receives_nothing("notification", QUIET).await, "the user was online all along");
+    let live = a.post("/api/v1/notify", json!({ "to": { "user": 32 }, "type": "t", "message": "live" })).await.1;
+    for tab in [&mut first_tab, &mut second_tab] {
+        assert_eq!(tab.next_notification().await.unwrap()["id"], live["id"]);
+    }
+}
+
+#[tokio::test]
+async fn during_a_redis_outage_the_api_queues_on_disk_and_delivers_once_redis_returns() {
+    let mut redis = RedisServer::running();
+    let url = redis.url();
+    let no_outbox = [("HERALD__OUTBOX__MAX_ENTRIES", "0")];
+    let (mut a, b, strict) = tokio::join!(
+        HeraldProcess::start("a", &url),
+        HeraldProcess::start("b", &url),
+        HeraldProcess::start_with("strict", &url, &no_outbox)
+    );
+    for instance in [&a, &b, &strict] {
+        instance.wait_health("redis up", |h| h["redis"] == "up").await;
+    }
+    let mut on_b = client(&b, "33").await;
+    redis.kill();
+    a.wait_health("redis down", |h| h["redis"] == "down").await;
+    strict.wait_health("redis down", |h| h["redis"] == "down").await;
+
+    let body = json!({ "to": { "user": 33 }, "type": "t", "message": "accepted while down" });
+    let (status, answer, _) = a.post_with_key("/api/v1/notify", "key-33", body.clone()).await;
+    assert_eq!((status, answer), (202, json!({ "id": null, "queued": true })));
+    // Without an outbox: refused, never a 2xx for something that would be lost.
+    let (status, _, retry_after) = strict.post_with_key("/api/v1/notify", "key-strict", body.clone()).await;
+    assert_eq!((status, retry_after.as_deref()), (503, Some("2")));
+    // The instance holding the outbox is restarted during the outage: the outbox is on disk.
+    a.restart().await;
+    assert!(on_b.receives_nothing("notification", QUIET).await);
+
+    redis.start();
+    let n = on_b.next_notification().await.expect("delivered to the other instance once Redis is back");
+    assert_eq!(n["message"], "accepted while down");
+    let id = n["id"].as_str().expect("stored, with its id").to_string();
+    // The backend retries with the same key: the original id, nothing delivered twice.
+    a.wait_health("redis back", |h| h["redis"] == "up").await;
+    let (status, answer, _) = b.post_with_key("/api/v1/notify", "key-33", body).await;
+    assert_eq!((status, answer["id"].as_str()), (202, Some(id.as_str())));
+    assert!(on_b.receives_nothing("notification", QUIET).await, "delivered once");
+    let history = b.get("/api/v1/users/33/notifications").await;
+    assert_eq!(history["items"].as_array().unwrap().len(), 1, "stored once: {history}");
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_on_any_instance_delivers_nothing_twice() {
+    let redis = RedisServer::running();
+    let [a, b, c] = three_instances(&redis).await;
+    let mut tab = client(&c, "34").await;
+    let body = json!({ "to": { "users": [34, 35] }, "type": "t", "message": "once" });
+    let (_, first, _) = a.post_with_key("/api/v1/notify", "retry-34", body.clone()).await;
+    let (_, again, _) = b.post_with_key("/api/v1/notify", "retry-34", body).await;
+    assert!(first["id"].is_string());
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(tab.next_notification().await.unwrap()["id"], first["id"]);
+    // A producer's own `id` in the body works as the key too; and a plain emit.
+    let body = json!({ "to": { "user": 34 }, "type": "t", "message": "by producer id", "id": "job-7" });
+    let (first, again) = (a.post("/api/v1/notify", body.clone()).await.1, b.post("/api/v1/notify", body).await.1);
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(tab.next_notification().await.unwrap()["message"], "by producer id");
+    let emit = json!({ "event": "progress", "args": [1], "rooms": ["user_34"] });
+    for instance in [&a, &b] {
+        assert_eq!(instance.post_with_key("/api/v1/emit", "emit-34", emit.clone()).await.0, 202);
+    }
+    assert_eq!(tab.next_event("progress").await, Some(vec![json!(1)]));
+    assert!(tab.receives_nothing("progress", QUIET).await);
+    assert!(tab.receives_nothing("notification", QUIET).await);
+}
+
+#[tokio::test]
+async fn a_client_back_before_its_lost_connection_is_noticed_still_gets_what_it_missed() {
+    let redis = RedisServer::running();
+    let heartbeat = [("HERALD__SOCKETIO__PING_INTERVAL_SECS", "2"), ("HERALD__SOCKETIO__PING_TIMEOUT_SECS", "2")];
+    let url = redis.url();
+    let (a, b) = tokio::join!(HeraldProcess::start_with("a", &url, &heartbeat), HeraldProcess::start_with("b", &url, &heartbeat));
+    for instance in [&a, &b] {
+        instance.wait_health("redis up", |h| h["redis"] == "up").await;
+    }
+    for (user, back_on) in [("36", &b), ("37", &a)] {
+        let dead = client(&a, user).await; // reads nothing from here on, so answers no ping
+        let gap = a.post("/api/v1/notify", json!({ "to": { "user": user }, "type": "t", "message": "to the dead socket" })).await.1;
+        // The client is back (elsewhere, or on the same instance) before A notices the loss:
+        // the user still looks online, so nothing is replayed at connect...
+        let mut back = client(back_on, user).await;
+        // ...but once the loss is noticed, what the dead socket was sent comes after all.
+        let mut got = None;
+        for _ in 0..3 {
+            if let Some(n) = back.next_notification().await {
+                got = Some(n);
+                break;
+            }
+        }
+        assert_eq!(got.expect("the gap arrives once the loss is noticed")["id"], gap["id"], "user {user}");
+        drop(dead);
+    }
 }

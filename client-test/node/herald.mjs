@@ -8,6 +8,8 @@
 // timeout", and "X did not receive Y" is proven with a marker sent after Y (per-socket delivery is
 // ordered, so once the marker arrives anything sent before it would have arrived too).
 
+import { mkdtempSync } from 'node:fs';
+import os from 'node:os';
 import { spawn } from 'node:child_process';
 import { after } from 'node:test';
 import { existsSync } from 'node:fs';
@@ -82,6 +84,8 @@ async function launch(port, env, args) {
     HERALD__AUTH__JWT_SECRET: SECRET,
     HERALD__API__KEYS: API_KEY,
     HERALD__SERVER__SHUTDOWN_GRACE_SECS: '3',
+    // Its own fresh data directory: the embedded store on disk, as shipped, never shared.
+    HERALD__STORAGE__DATA_DIR: mkdtempSync(path.join(os.tmpdir(), 'herald-client-test-')),
     ...env,
   });
   // The shipped config.toml (repo root) gives the documented defaults; env overrides win.

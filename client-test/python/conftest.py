@@ -44,6 +44,8 @@ class Herald:
                 "HERALD__AUTH__JWT_SECRET": SECRET,
                 "HERALD__API__KEYS": API_KEY,
                 "HERALD__SERVER__SHUTDOWN_GRACE_SECS": "3",
+                # its own fresh data directory: the embedded store on disk, as shipped
+                "HERALD__STORAGE__DATA_DIR": tempfile.mkdtemp(prefix="herald-python-test-"),
             })
             child_env.update(env or {})
             self.log = tempfile.TemporaryFile()

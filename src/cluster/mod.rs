@@ -33,6 +33,7 @@
 //! adapter's `io.to(room).emit(..)` fails without reaching local sockets either; deliver with
 //! `io.local().to(room).emit(..)` instead.
 
+pub mod channels;
 pub mod driver;
 pub mod presence;
 pub mod redis_state;

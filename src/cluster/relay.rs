@@ -1,57 +1,58 @@
 //! Stored notifications between instances.
 //!
-//! A stored emit that enters on one instance (the HTTP API) is published on
-//! [`RELAY_CHANNEL`]; every instance, the sender included, applies it to its own sockets
+//! A stored emit that enters on one instance (the HTTP API) is published on [`RELAY_CHANNEL`]
+//! by the store, in the same atomic step as the append (see `store::redis`), as
+//! `<nid>\n<message>`; every instance, the sender included, applies it to its own sockets
 //! through [`Delivery::apply_stored_locally`]. Going through each instance's delivery path
 //! (rather than the adapter's broadcast) is what lets replay on every instance know exactly
-//! which stored notifications its sockets already received live.
+//! which stored notifications its sockets already received; publishing with the append is what
+//! makes every instance receive them in id order, and never one stored but not sent.
+//!
+//! The same subscription holds this instance's own channel (`herald:node:<node_id>`): Redis
+//! drops it the moment the process dies, which is how the others tell a dead instance at once.
 
-use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::json;
-use socketioxide_redis::drivers::Driver;
 
 use super::driver::ResilientDriver;
 use crate::delivery::{Command, Delivery, Fanout, Target};
 use crate::payload::stored;
 use crate::store::StreamId;
 
-pub const RELAY_CHANNEL: &str = "herald:deliver";
+use super::channels::node_channel;
+pub use super::channels::RELAY_CHANNEL;
 
-/// Publishes stored emits for every instance.
-pub struct RedisRelay {
-    pub driver: ResilientDriver,
-}
+/// Encodes stored emits for every instance.
+pub struct RedisRelay;
 
 impl Fanout for RedisRelay {
-    fn publish<'a>(&'a self, nid: StreamId, command: &'a Command) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let Command::Emit { target, event, args } = command else {
-                return Err("only emits are relayed".into());
-            };
-            let message = json!({
-                "nid": nid.to_string(),
-                "ns": target.namespace,
-                "rooms": target.rooms,
-                "except": target.except,
-                "event": event,
-                "args": stored::encode(args),
-            });
-            self.driver.publish(RELAY_CHANNEL.into(), message.to_string().into_bytes()).await.map_err(|e| e.to_string())
-        })
+    fn message(&self, command: &Command) -> Option<String> {
+        let Command::Emit { target, event, args } = command else { return None };
+        let message = json!({
+            "ns": target.namespace,
+            "rooms": target.rooms,
+            "except": target.except,
+            "event": event,
+            "args": stored::encode(args),
+        });
+        Some(message.to_string())
     }
 }
 
 /// Applies relayed stored emits to this instance's sockets until the subscription ends.
-pub async fn run(driver: ResilientDriver, delivery: Delivery) {
-    let mut subscription = match driver.subscribe_stream(vec![RELAY_CHANNEL.into()], vec![]).await {
+pub async fn run(driver: ResilientDriver, delivery: Delivery, node_id: String) {
+    let channels = vec![RELAY_CHANNEL.to_string(), node_channel(&node_id)];
+    let mut subscription = match driver.subscribe_stream(channels, vec![]).await {
         Ok(subscription) => subscription,
         Err(e) => {
             tracing::error!(error = %e, "relay not subscribed: stored notifications from other instances will not arrive");
             return;
         }
     };
-    while let Some((_, payload)) = subscription.next().await {
+    while let Some((channel, payload)) = subscription.next().await {
+        if channel != RELAY_CHANNEL {
+            continue;
+        }
         match decode(&payload) {
             Ok((nid, command)) => {
                 let _ = delivery.apply_stored_locally(nid, command).await;
@@ -65,7 +66,9 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery) {
 }
 
 fn decode(payload: &[u8]) -> Result<(StreamId, Command), String> {
-    let message: serde_json::Value = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    let newline = payload.iter().position(|b| *b == b'\n').ok_or("no id line")?;
+    let nid: StreamId = std::str::from_utf8(&payload[..newline]).map_err(|e| e.to_string())?.parse()?;
+    let message: serde_json::Value = serde_json::from_slice(&payload[newline + 1..]).map_err(|e| e.to_string())?;
     let text = |key: &str| message[key].as_str().map(String::from).ok_or_else(|| format!("{key} missing"));
     let list = |key: &str| -> Result<Vec<String>, String> {
         message[key]
@@ -75,7 +78,6 @@ fn decode(payload: &[u8]) -> Result<(StreamId, Command), String> {
             .map(|r| r.as_str().map(String::from).ok_or_else(|| format!("{key} must hold strings")))
             .collect()
     };
-    let nid: StreamId = text("nid")?.parse()?;
     let target = Target { namespace: text("ns")?, rooms: list("rooms")?, except: list("except")? };
     let args = stored::decode(&text("args")?).map_err(|e| e.to_string())?;
     Ok((nid, Command::Emit { target, event: text("event")?, args }))
@@ -89,13 +91,14 @@ mod tests {
     fn malformed_relay_messages_are_errors() {
         for bad in [
             &b"garbage"[..],
+            b"1-0\n{}",
             b"{}",
-            br#"{"nid":"x","ns":"/","rooms":[],"except":[],"event":"e","args":"[]"}"#,
-            br#"{"nid":"1-0","ns":"/","rooms":[1],"except":[],"event":"e","args":"[]"}"#,
+            b"x\n{\"ns\":\"/\",\"rooms\":[],\"except\":[],\"event\":\"e\",\"args\":\"[]\"}",
+            b"1-0\n{\"ns\":\"/\",\"rooms\":[1],\"except\":[],\"event\":\"e\",\"args\":\"[]\"}",
         ] {
             assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
-        let good = br#"{"nid":"1-0","ns":"/","rooms":["user_1"],"except":[],"event":"notification","args":"[{\"a\":1}]"}"#;
+        let good = b"1-0\n{\"ns\":\"/\",\"rooms\":[\"user_1\"],\"except\":[],\"event\":\"notification\",\"args\":\"[{\\\"a\\\":1}]\"}";
         let (nid, command) = decode(good).unwrap();
         assert_eq!(nid, StreamId::new(1, 0));
         assert!(matches!(command, Command::Emit { ref event, .. } if event == "notification"));

@@ -150,7 +150,7 @@ async fn stage(
         Ok(Decoded::Command(command)) => {
             let key = dedup_key(&channel, &payload);
             let dedup = Dedup { key: &key, listening_since_ms: driver.listening_since_ms() };
-            let origin = Origin { scope: Scope::Local, source: source.label(), dedup: Some(dedup), nid: None };
+            let origin = Origin { scope: Scope::Local, source: source.label(), dedup: Some(dedup), nid: None, idempotency: None };
             Step::Staged(source, delivery.stage(command, origin).await)
         }
         Ok(Decoded::Ignored(why)) => {

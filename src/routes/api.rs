@@ -8,15 +8,16 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value as Json_};
 
 use super::ApiError;
-use crate::delivery::{Command, Origin, Target};
+use crate::delivery::{Command, Target};
 use crate::notification::{iso_now, Notification, EVENT};
+use crate::outbox::{accept, Accepted, Refused, Submission};
 use crate::payload::{Args, Value};
 use crate::replay::{HistoryQuery, Inbox, ReadRequest};
 use crate::rooms::{project_room, role_room, user_room};
@@ -141,12 +142,52 @@ fn notification(body: &Map<String, Json_>) -> Result<Notification, ApiError> {
     })
 }
 
+/// The idempotency key of a call: the `Idempotency-Key` header, else (notify) the body's `id`.
+/// Without one, a cluster instance makes one, so that a submission sent again from the outbox
+/// (its first attempt may have reached Redis) is not applied twice.
+fn idempotency_key(state: &AppState, headers: &HeaderMap, body: &Map<String, Json_>, endpoint: &str) -> Result<Option<String>, ApiError> {
+    const MAX_KEY_BYTES: usize = 255;
+    let given = match headers.get("idempotency-key") {
+        Some(value) => {
+            Some(value.to_str().map(str::to_string).map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?)
+        }
+        None if endpoint == "notify" => match body.get("id") {
+            None | Some(Json_::Null) => None,
+            Some(Json_::String(s)) => Some(s.clone()),
+            Some(Json_::Number(n)) => Some(n.to_string()),
+            Some(_) => return Err(ApiError::bad_request("id must be a string or a number")),
+        },
+        None => None,
+    };
+    match given {
+        Some(key) if key.is_empty() || key.len() > MAX_KEY_BYTES => {
+            Err(ApiError::bad_request(format!("an idempotency key has 1 to {MAX_KEY_BYTES} bytes")))
+        }
+        Some(key) => Ok(Some(format!("{endpoint}:{key}"))),
+        None if state.redis.is_some() => Ok(Some(format!("herald:{}", uuid::Uuid::new_v4()))),
+        None => Ok(None),
+    }
+}
+
+/// Applies or queues a submission; 503 with `Retry-After` when neither is possible.
+async fn submit(state: &AppState, submission: Submission) -> Result<Accepted, ApiError> {
+    let window = state.settings.api.idempotency_window();
+    accept(&state.delivery, state.outbox.as_deref(), submission, window).await.map_err(|e| match e {
+        Refused::Unavailable(e) => {
+            state.metrics.inc("herald_api_refusals_total", &[("reason", "unavailable")]);
+            ApiError(StatusCode::SERVICE_UNAVAILABLE, e)
+        }
+        Refused::Invalid(e) => ApiError::bad_request(e),
+    })
+}
+
 /// `POST /api/v1/notify`: builds the envelope and delivers it to each recipient room.
-pub async fn notify(State(state): State<Arc<AppState>>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+pub async fn notify(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let body = parse_object(&body)?;
     let recipients = recipients(body.get("to"))?;
     let notification = notification(&body)?;
     let namespace = namespace(&state, &body)?;
+    let key = idempotency_key(&state, &headers, &body, "notify")?;
     let timestamp = iso_now();
     let deliveries = match recipients {
         Recipients::Broadcast => vec![("broadcast".to_string(), vec![])],
@@ -155,26 +196,27 @@ pub async fn notify(State(state): State<Arc<AppState>>, body: Bytes) -> Result<i
     // One notification, one id: each recipient's copy (with its own `channel`) shares it. The
     // store assigns it; a notification to rooms that are not stored gets one made here.
     let stored = deliveries.iter().any(|(_, rooms)| !state.delivery.persist().streams(EVENT, rooms).is_empty());
-    let mut id = (!stored).then(|| state.delivery.local_id());
-    for (channel, rooms) in deliveries {
-        let args = Args::one(notification.envelope(&timestamp, &channel));
-        let command = Command::Emit { target: Target::rooms(&namespace, rooms), event: EVENT.into(), args };
-        let origin = Origin { nid: id, ..Origin::http() };
-        id = id.or(state.delivery.apply(command, origin).await.map_err(unavailable)?);
-    }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id.map(|id| id.to_string()) }))))
-}
-
-fn unavailable(e: crate::delivery::DeliveryError) -> ApiError {
-    ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    let nid = (!stored).then(|| state.delivery.local_id());
+    let parts = deliveries
+        .into_iter()
+        .map(|(channel, rooms)| {
+            let args = Args::one(notification.envelope(&timestamp, &channel));
+            Command::Emit { target: Target::rooms(&namespace, rooms), event: EVENT.into(), args }
+        })
+        .collect();
+    Ok(match submit(&state, Submission { key, parts, nid }).await? {
+        Accepted::Done(id) => (StatusCode::ACCEPTED, Json(json!({ "id": id.map(|id| id.to_string()) }))),
+        Accepted::Queued => (StatusCode::ACCEPTED, Json(json!({ "id": null, "queued": true }))),
+    })
 }
 
 /// Events a backend may not emit: they are reserved by the Socket.IO protocol.
 const RESERVED_EVENTS: [&str; 6] = ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
 
 /// `POST /api/v1/emit`: any event with any arguments, to rooms minus exceptions.
-pub async fn emit(State(state): State<Arc<AppState>>, body: Bytes) -> Result<impl IntoResponse, ApiError> {
+pub async fn emit(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let body = parse_object(&body)?;
+    let key = idempotency_key(&state, &headers, &body, "emit")?;
     let event = match body.get("event") {
         Some(Json_::String(e)) if !e.is_empty() && !RESERVED_EVENTS.contains(&e.as_str()) => e.clone(),
         Some(Json_::String(e)) if !e.is_empty() => return Err(ApiError::bad_request(format!("event {e:?} is reserved"))),
@@ -191,8 +233,10 @@ pub async fn emit(State(state): State<Arc<AppState>>, body: Bytes) -> Result<imp
         except: string_list(body.get("except"), "except")?,
     };
     let command = Command::Emit { target, event, args: Args(args) };
-    state.delivery.apply(command, Origin::http()).await.map_err(unavailable)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))))
+    Ok(match submit(&state, Submission { key, parts: vec![command], nid: None }).await? {
+        Accepted::Done(_) => (StatusCode::ACCEPTED, Json(json!({ "ok": true }))),
+        Accepted::Queued => (StatusCode::ACCEPTED, Json(json!({ "ok": true, "queued": true }))),
+    })
 }
 
 /// `GET /api/v1/users/<id>/notifications?after=&before=&limit=` → `{"items": [...], "unread": N}`.
@@ -237,9 +281,11 @@ fn store_down(e: crate::store::StoreError) -> ApiError {
 /// `POST /api/v1/users/<id>/disconnect`: every socket of the user, on every instance and in
 /// every namespace (e.g. after a password change).
 pub async fn disconnect_user(State(state): State<Arc<AppState>>, Path(user): Path<String>) -> Result<impl IntoResponse, ApiError> {
-    for namespace in &state.settings.socketio.namespaces {
-        let command = Command::Disconnect { target: Target::rooms(namespace, vec![user_room(&user)]) };
-        state.delivery.apply(command, Origin::http()).await.map_err(unavailable)?;
-    }
-    Ok((StatusCode::ACCEPTED, Json(json!({ "ok": true }))))
+    let parts =
+        state.settings.socketio.namespaces.iter().map(|ns| Command::Disconnect { target: Target::rooms(ns, vec![user_room(&user)]) });
+    let key = idempotency_key(&state, &HeaderMap::new(), &Map::new(), "disconnect")?;
+    Ok(match submit(&state, Submission { key, parts: parts.collect(), nid: None }).await? {
+        Accepted::Done(_) => (StatusCode::ACCEPTED, Json(json!({ "ok": true }))),
+        Accepted::Queued => (StatusCode::ACCEPTED, Json(json!({ "ok": true, "queued": true }))),
+    })
 }

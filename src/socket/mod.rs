@@ -22,8 +22,10 @@ use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 
 use crate::auth::{find_token, Identity, Refusal};
 use crate::notification::{self, EVENT};
+use crate::replay::persisted_streams;
 use crate::replay::{join, replay};
 use crate::rooms::{granted_rooms, user_room};
+use crate::seen::{send_late, Cursor, LateReplay, OtherTabs};
 use crate::state::AppState;
 use crate::store::StreamId;
 
@@ -147,14 +149,38 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
     let mut rooms = vec![socket.id.to_string()];
     rooms.extend(identity.as_ref().map(granted_rooms).unwrap_or_default());
     let joined = join(&state.delivery, &socket, rooms).await;
+    // Everything stored up to here reaches this socket: live from now on, or by the replay.
+    let joined_at = StreamId::lagging(0);
     let welcome = notification::welcome(identity.as_ref().map(|i| i.user_id.as_str()), socket.id.as_str());
     if let Err(e) = socket.emit(EVENT, &welcome) {
         tracing::debug!(sid = %socket.id, error = %e, "welcome not sent");
     }
-    let Some(identity) = identity else { return };
+    let max_replay = state.settings.delivery.max_replay;
+    let Some(identity) = identity else {
+        replay(&state.delivery, &socket, joined, None, max_replay).await;
+        return;
+    };
     remember_user_rooms(&state, &identity);
-    if let Some(after) = replay_cursor(&state, &socket, &identity).await {
-        replay(&state.delivery, &socket, joined, after, state.settings.delivery.max_replay).await;
+    let cursor = replay_cursor(&state, &socket, &identity).await;
+    let after = match cursor {
+        Cursor::From(after) => after,
+        Cursor::Online { .. } => None,
+    };
+    let streams = persisted_streams(&state.delivery, joined.rooms());
+    let read = replay(&state.delivery, &socket, joined, after, max_replay).await;
+    // What had reached the user when this socket's session began (see `crate::seen`).
+    let since = if read { joined_at } else { after.unwrap_or(joined_at) };
+    state.seen.connected(&identity.user_id, &state.connections, since).await;
+    if let Cursor::Online { elsewhere } = cursor {
+        let late = LateReplay {
+            user: identity.user_id.clone(),
+            sid: socket.id.to_string(),
+            namespace: socket.ns().to_string(),
+            streams,
+            after: joined_at,
+            until: joined_at,
+        };
+        state.seen.watch(late, elsewhere);
     }
 }
 
@@ -170,23 +196,16 @@ fn remember_user_rooms(state: &Arc<AppState>, identity: &Identity) {
     });
 }
 
-/// Where replay starts: the client's `auth.last_id`; otherwise, when no other socket of the user
-/// is on this instance, the user's seen mark (nothing for a user never seen before).
-async fn replay_cursor<A: Adapter>(state: &AppState, socket: &SocketRef<A>, identity: &Identity) -> Option<StreamId> {
+/// Where replay starts: the client's `auth.last_id`; otherwise where the user stopped being
+/// online (nothing while another socket of theirs is connected anywhere, or for a user never
+/// seen before; see [`crate::seen`]).
+async fn replay_cursor<A: Adapter>(state: &AppState, socket: &SocketRef<A>, identity: &Identity) -> Cursor {
     if let Some(LastSeen(id)) = socket.extensions.get::<LastSeen>() {
-        return Some(id);
+        return Cursor::From(Some(id));
     }
     let other_tabs = socket.within(user_room(&identity.user_id)).local().sockets();
-    if other_tabs.iter().any(|s| s.id != socket.id) {
-        return None;
-    }
-    match state.delivery.store().seen(&identity.user_id).await {
-        Ok(seen) => seen,
-        Err(e) => {
-            tracing::warn!(error = %e, "seen mark unavailable: no replay");
-            None
-        }
-    }
+    let others = if other_tabs.iter().any(|s| s.id != socket.id) { OtherTabs::Here } else { OtherTabs::NoneHere };
+    state.seen.cursor(&identity.user_id, others).await
 }
 
 /// Releases the socket's place and records where its user stopped (see [`crate::seen`]).
@@ -209,7 +228,9 @@ async fn on_disconnect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, reas
             | DisconnectReason::ServerNSDisconnect
             | DisconnectReason::ClosingServer
     );
-    state.seen.disconnected(state, &identity.user_id, clean).await;
+    for late in state.seen.disconnected(&identity.user_id, &state.connections, clean).await {
+        send_late(&state.delivery, &late).await;
+    }
 }
 
 fn disconnect_reason(reason: DisconnectReason) -> &'static str {

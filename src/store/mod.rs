@@ -5,11 +5,12 @@
 //! the id of the first entry), so a socket in several of those rooms sees it once, live or
 //! replayed. Ids are `<ms>-<seq>` (Redis stream ids) and sort in time order across streams.
 //!
-//! Two implementations: [`memory::MemoryStore`] for the embedded default (lost on restart, by
-//! design) and [`redis::RedisStore`] (Redis Streams, shared by every instance).
+//! Two implementations: [`sqlite::SqliteStore`] for the embedded default (a SQLite database
+//! under `storage.data_dir`, so a restart loses nothing; or in memory, for tests) and
+//! [`redis::RedisStore`] (Redis Streams, shared by every instance).
 
-pub mod memory;
 pub mod redis;
+pub mod sqlite;
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -29,6 +30,17 @@ pub struct StreamId {
 impl StreamId {
     pub fn new(ms: u64, seq: u64) -> StreamId {
         StreamId { ms, seq }
+    }
+
+    /// A mark `lag_ms` ago: everything stored before that millisecond. Whatever is stored in
+    /// the same millisecond is replayed rather than risked.
+    pub fn lagging(lag_ms: u64) -> StreamId {
+        StreamId::lagging_from(crate::notification::now_ms(), lag_ms)
+    }
+
+    /// [`StreamId::lagging`] from the unix time `ms` rather than now.
+    pub fn lagging_from(ms: u64, lag_ms: u64) -> StreamId {
+        StreamId::new(ms.saturating_sub(lag_ms + 1), u64::MAX)
     }
 }
 
@@ -84,6 +96,30 @@ pub struct Stored<'a> {
     pub args: &'a Args,
     pub dedup: Option<Dedup<'a>>,
     pub nid: Option<StreamId>,
+    /// A producer's key (HTTP `Idempotency-Key`, or one Herald made for an outbox entry): an
+    /// append with a key already stored within the window stores nothing and answers the first
+    /// id with `fresh: false`.
+    pub idempotency: Option<Idempotency<'a>>,
+    /// Cluster mode: the relay message (see `cluster::relay`) to publish, atomically with the
+    /// append and in the same order, for every instance to deliver. Stores without instances to
+    /// reach (the embedded default) ignore it: the caller delivers locally.
+    pub relay: Option<&'a str>,
+}
+
+/// An idempotency key and how long it is remembered.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub window: std::time::Duration,
+}
+
+/// What [`Store::append`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The notification id.
+    pub nid: StreamId,
+    /// False when the idempotency key was already stored: nothing was appended or published.
+    pub fresh: bool,
 }
 
 /// Identifies a pub/sub message that every instance receives, so that it is stored once.
@@ -105,22 +141,66 @@ pub struct ReadState {
     pub ids: Vec<StreamId>,
 }
 
+/// Where a user is connected, and where they stopped (see [`crate::seen`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sessions {
+    /// Everything up to this id reached the user before their last socket went away.
+    pub seen: Option<StreamId>,
+    /// The instances that hold (or held, when they died) sockets of the user.
+    pub nodes: Vec<NodeSession>,
+}
+
+/// A user's sockets on one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSession {
+    pub node: String,
+    pub sockets: u64,
+    /// Everything up to this id had reached the user when their first socket there connected.
+    pub since: StreamId,
+}
+
+/// What the store knows of an instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NodeMark {
+    /// It runs and reaches the store now.
+    pub alive: bool,
+    /// Everything stored up to this id had been delivered to its sockets (written every second).
+    pub delivered: Option<StreamId>,
+}
+
 pub trait Store: Send + Sync + 'static {
     /// Appends one emit to the streams of `rooms` (all in `namespace`) and returns its id: the
     /// first entry's id, or `nid` when given (one notification sent as several emits, e.g. to
     /// several users with their own `channel`, keeps one id). With `dedup`, the instances that
     /// receive the same pub/sub message store it once and all get the same id.
-    fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<StreamId, StoreError>>;
+    fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<Appended, StoreError>>;
 
     /// Entries of one room's stream with an id above `after` (all when `None`), oldest first.
     fn range<'a>(&'a self, namespace: &'a str, room: &'a str, after: Option<StreamId>) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>>;
 
-    /// The id up to which `user` has seen everything (for clients that send no `last_id`).
-    fn seen<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<StreamId>, StoreError>>;
-    /// Moves each user's seen mark forward to its id (never back).
-    fn advance_seen<'a>(&'a self, marks: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Moves `user`'s seen mark back to `id` (never forward, except from no mark at all).
-    fn rewind_seen<'a>(&'a self, user: &'a str, id: StreamId) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Remembers `value` under an idempotency key for `window`, unless the key is already
+    /// there: then answers the value stored first (and stores nothing).
+    fn claim_key<'a>(
+        &'a self,
+        key: &'a str,
+        value: &'a str,
+        window: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<String>, StoreError>>;
+
+    /// The user's seen mark and the instances holding their sockets.
+    fn sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Sessions, StoreError>>;
+    /// Records that `user` has `sockets` sockets on `node`; `since` is kept from the first call
+    /// (it only moves when the user's sockets there all went away and came back).
+    fn set_sessions<'a>(&'a self, user: &'a str, node: &'a str, sockets: u64, since: StreamId) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// The user has no socket left on each of `nodes` (closed, or the instance died): their
+    /// entries go, and the seen mark becomes the largest of itself, each entry's `since` and
+    /// the given mark.
+    fn end_sessions<'a>(&'a self, user: &'a str, nodes: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Liveness and delivered mark of each of `nodes`, in order.
+    fn node_marks<'a>(&'a self, nodes: &'a [String]) -> BoxFuture<'a, Result<Vec<NodeMark>, StoreError>>;
+    /// Records that every stored notification up to `delivered` reached `node`'s sockets.
+    fn write_node_mark<'a>(&'a self, node: &'a str, delivered: StreamId) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Remembers the persisted rooms `user`'s token granted, so that history over HTTP (which
     /// has no token) covers the same streams as history over the socket.

@@ -7,9 +7,13 @@
 //! Keys: `herald:stream:<ns>:<room>` (fields `nid`, `event`, `args`; `nid` empty means "this
 //! entry's own id", as on the first stream of an emit), `herald:dedup:<key>` (sorted set of the
 //! ids stored for one published message, by time) and `herald:dedup:<key>:<id>` (the instances
-//! that claimed that copy), `herald:seen:<user>`,
+//! that claimed that copy), `herald:idem:<key>` (the id stored under an idempotency key),
+//! `herald:sessions:<user>` (hash: `<node>` → sockets, `<node>#since` → id), `herald:seen:<user>`,
+//! `herald:delivered:<node>` (what the node had delivered, written every second),
 //! `herald:read:<user>` (string: read up to), `herald:read:<user>:ids` (set) and
-//! `herald:rooms:<user>` (JSON list of the persisted rooms the user's token granted).
+//! `herald:rooms:<user>` (JSON list of the persisted rooms the user's token granted). A node is
+//! alive while its heartbeat key `herald:node:<node>` exists and it subscribes to the channel of
+//! the same name.
 
 use std::time::Duration;
 
@@ -20,7 +24,8 @@ use tokio::sync::watch;
 
 use crate::cluster::redis_state::RedisState;
 
-use super::{Entry, ReadState, Store, StoreError, Stored, StreamId};
+use super::{Appended, Entry, NodeMark, NodeSession, ReadState, Sessions, Store, StoreError, Stored, StreamId};
+use crate::cluster::channels::{node_channel, RELAY_CHANNEL};
 use crate::notification::now_ms;
 use crate::payload::stored;
 
@@ -30,7 +35,17 @@ use crate::payload::stored;
 const CLAIM_WINDOW: Duration = Duration::from_secs(3);
 
 /// Appends an emit to its streams, or, for pub/sub ingress (KEYS[1] names the message's dedup
-/// set), claims the copy another instance already stored.
+/// set), claims the copy another instance already stored. Answers `{nid, fresh}`.
+///
+/// Ids come from one counter (`herald:last-id`, ARGV[14]) and Redis's clock: every emit gets an
+/// id above every id before it, whatever its streams, and all its streams' entries share it (two
+/// emits to different rooms in the same millisecond never share an id, so a client resuming after
+/// one never skips the other).
+///
+/// With an idempotency key (ARGV[10]) already stored, nothing happens and the first id comes
+/// back with `fresh` 0. With a relay message (ARGV[13]), the stored emit is published on the
+/// relay channel (ARGV[12]) as `<nid>\n<message>` in the same atomic step: every instance
+/// receives stored emits in the order of their ids, and a stored emit is never left unpublished.
 ///
 /// Every instance receives each published message once, within milliseconds of the others, and
 /// calls this with the same dedup key (the message's hash) and its own node id. An instance takes
@@ -42,6 +57,11 @@ const CLAIM_WINDOW: Duration = Duration::from_secs(3);
 const APPEND: &str = r#"
 local dedup = KEYS[1]
 local node = ARGV[8]
+local idem = ARGV[10]
+if idem ~= '' then
+  local first = redis.call('GET', idem)
+  if first then return {first, 0} end
+end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 if dedup ~= '' then
@@ -49,16 +69,30 @@ if dedup ~= '' then
   for _, nid in ipairs(redis.call('ZRANGEBYSCORE', dedup, ARGV[9], '+inf')) do
     if redis.call('SADD', dedup .. ':' .. nid, node) == 1 then
       redis.call('PEXPIRE', dedup .. ':' .. nid, ARGV[5] * 2)
-      return nid
+      return {nid, 1}
     end
   end
 end
+-- One id for every stream of this emit, larger than any id given before in any stream.
+local ms = now_ms
+local seq = 0
+local last = redis.call('GET', ARGV[14])
+if last then
+  local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
+  if last_ms and tonumber(last_ms) >= ms then
+    ms = tonumber(last_ms)
+    seq = tonumber(last_seq) + 1
+  end
+end
+local id = string.format('%d-%d', ms, seq)
+redis.call('SET', ARGV[14], id)
 local nid = ARGV[7]
+local field = nid
+if nid == '' then nid = id end
 for i = 2, #KEYS do
-  local id = redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[3], '*', 'nid', nid, 'event', ARGV[1], 'args', ARGV[2])
+  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[3], id, 'nid', field, 'event', ARGV[1], 'args', ARGV[2])
   redis.call('XTRIM', KEYS[i], 'MINID', '~', ARGV[4])
   redis.call('PEXPIRE', KEYS[i], ARGV[6])
-  if nid == '' then nid = id end
 end
 if dedup ~= '' then
   redis.call('ZADD', dedup, now_ms, nid)
@@ -66,11 +100,16 @@ if dedup ~= '' then
   redis.call('SADD', dedup .. ':' .. nid, node)
   redis.call('PEXPIRE', dedup .. ':' .. nid, ARGV[5] * 2)
 end
-return nid
+if idem ~= '' then
+  redis.call('SET', idem, nid, 'PX', ARGV[11])
+end
+if ARGV[13] ~= '' then
+  redis.call('PUBLISH', ARGV[12], nid .. '\n' .. ARGV[13])
+end
+return {nid, 1}
 "#;
 
-/// Sets each KEYS[i] to ARGV[i] unless it already holds an id on the kept side of it: larger
-/// when ARGV[#KEYS + 1] is 1, smaller when it is -1 (see [`Keep`]).
+/// Sets each KEYS[i] to ARGV[i] unless it already holds a larger id (ids only move forward).
 const SET_ID_IF: &str = r#"
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -84,7 +123,7 @@ local function compare(a, b)
   if as ~= bs then return as < bs and -1 or 1 end
   return 0
 end
-local keep = tonumber(ARGV[#KEYS + 1])
+local keep = 1
 local changed = 0
 for i, key in ipairs(KEYS) do
   local current = redis.call('GET', key)
@@ -97,15 +136,51 @@ end
 return changed
 "#;
 
-/// How many keys one `SET_ID_IF` call moves at most, so that one call never holds Redis long.
-const IDS_PER_CALL: usize = 1000;
+/// The largest id given so far, in every stream (see [`APPEND`]).
+const LAST_ID_KEY: &str = "herald:last-id";
 
-/// Which ids [`SET_ID_IF`] leaves in place.
-#[derive(Clone, Copy)]
-enum Keep {
-    Larger = 1,
-    Smaller = -1,
-}
+/// Remembers ARGV[1] under KEYS[1] for ARGV[2] ms unless the key holds a value: then answers it.
+const CLAIM_KEY: &str = r#"
+local first = redis.call('GET', KEYS[1])
+if first then return first end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"#;
+
+/// Ends a user's sessions on the nodes in ARGV[3], ARGV[5], ... (with the marks ARGV[4], ARGV[6],
+/// ...): their fields leave the sessions hash KEYS[1], and the seen mark KEYS[2] becomes the
+/// largest of itself, each removed `since` and each mark. ARGV[1] is the `since` field suffix,
+/// ARGV[2] how long the keys live (ms).
+const END_SESSIONS: &str = r#"
+local function parse(id)
+  if not id then return nil end
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if not ms then return nil end
+  return {tonumber(ms), tonumber(seq), id}
+end
+local function larger(a, b)
+  if not a then return b end
+  if not b then return a end
+  if a[1] ~= b[1] then return a[1] > b[1] and a or b end
+  return a[2] >= b[2] and a or b
+end
+local best = parse(redis.call('GET', KEYS[2]))
+local current = best
+for i = 3, #ARGV, 2 do
+  local node = ARGV[i]
+  best = larger(best, parse(redis.call('HGET', KEYS[1], node .. ARGV[1])))
+  best = larger(best, parse(ARGV[i + 1]))
+  redis.call('HDEL', KEYS[1], node, node .. ARGV[1])
+end
+if best and best ~= current then
+  redis.call('SET', KEYS[2], best[3], 'PX', ARGV[2])
+end
+return 1
+"#;
+
+/// The suffix of a sessions hash field holding `since` (the field named by the node alone holds
+/// its socket count).
+const SINCE: &str = "#since";
 
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -116,6 +191,8 @@ pub struct RedisStore {
     max_len: usize,
     max_age: Duration,
     set_id_if: Script,
+    claim_key: Script,
+    end_sessions: Script,
 }
 
 impl RedisStore {
@@ -137,16 +214,24 @@ impl RedisStore {
             // waits for a place in the queue: a wait could time out and reorder appends.
             .set_pipeline_buffer_size(1024);
         let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| StoreError(e.to_string()))?;
-        Ok(RedisStore { connection, node_id: node_id.to_string(), redis_state, max_len, max_age, set_id_if: Script::new(SET_ID_IF) })
+        Ok(RedisStore {
+            connection,
+            node_id: node_id.to_string(),
+            redis_state,
+            max_len,
+            max_age,
+            set_id_if: Script::new(SET_ID_IF),
+            claim_key: Script::new(CLAIM_KEY),
+            end_sessions: Script::new(END_SESSIONS),
+        })
     }
 
-    /// Moves each key to its id, unless it already holds an id on the `keep` side of it.
-    async fn set_ids(&self, ids: impl IntoIterator<Item = (String, StreamId)>, keep: Keep) -> Result<(), StoreError> {
+    /// Moves each key forward to its id (a key already holding a larger id keeps it).
+    async fn set_ids(&self, ids: impl IntoIterator<Item = (String, StreamId)>) -> Result<(), StoreError> {
         let mut invocation = self.set_id_if.prepare_invoke();
         for (key, id) in ids {
             invocation.key(key).arg(id.to_string());
         }
-        invocation.arg(keep as i8);
         let _: i64 = self.invoke(&invocation).await?;
         Ok(())
     }
@@ -158,6 +243,20 @@ impl RedisStore {
             Err(e) if dropped(&e) => cmd.query_async(&mut self.conn()?).await.map_err(failed),
             result => result.map_err(failed),
         }
+    }
+
+    /// [`Self::query`] for a pipeline.
+    async fn query_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
+        match pipe.query_async(&mut self.conn()?).await {
+            Err(e) if dropped(&e) => pipe.query_async(&mut self.conn()?).await.map_err(failed),
+            result => result.map_err(failed),
+        }
+    }
+
+    /// How long per-user keys (sessions, seen marks) and delivered marks live: as long as what
+    /// they point into.
+    fn keep_ms(&self) -> u64 {
+        self.max_age.as_millis() as u64 + 60_000
     }
 
     /// [`Self::query`] for a script.
@@ -175,6 +274,22 @@ impl RedisStore {
             RedisState::Down => Err(StoreError("Redis is unreachable".into())),
         }
     }
+}
+
+fn idempotency_key(key: &str) -> String {
+    format!("herald:idem:{key}")
+}
+
+fn sessions_key(user: &str) -> String {
+    format!("herald:sessions:{user}")
+}
+
+fn delivered_key(node: &str) -> String {
+    format!("herald:delivered:{node}")
+}
+
+fn seen_key(user: &str) -> String {
+    format!("herald:seen:{user}")
 }
 
 fn stream_key(namespace: &str, room: &str) -> String {
@@ -196,9 +311,9 @@ fn parse_id(text: &str) -> Result<StreamId, StoreError> {
 }
 
 impl Store for RedisStore {
-    fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<StreamId, StoreError>> {
+    fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<Appended, StoreError>> {
         Box::pin(async move {
-            let Stored { event, args, dedup, nid } = emit;
+            let Stored { event, args, dedup, nid, idempotency, relay } = emit;
             // EVAL with the script's text rather than EVALSHA: a NOSCRIPT retry (first call,
             // or after a Redis restart) would send some appends late, and the Redis ingress
             // relies on appends reaching Redis in the order it sends them.
@@ -217,9 +332,14 @@ impl Store for RedisStore {
                 .arg(self.max_age.as_millis() as u64 + 60_000)
                 .arg(nid.map(|n| n.to_string()).unwrap_or_default())
                 .arg(&self.node_id)
-                .arg(dedup.map_or(0, |d| d.listening_since_ms));
-            let nid: String = self.query(&eval).await?;
-            parse_id(&nid)
+                .arg(dedup.map_or(0, |d| d.listening_since_ms))
+                .arg(idempotency.map(|i| idempotency_key(i.key)).unwrap_or_default())
+                .arg(idempotency.map_or(0, |i| i.window.as_millis() as u64))
+                .arg(RELAY_CHANNEL)
+                .arg(relay.unwrap_or_default())
+                .arg(LAST_ID_KEY);
+            let (nid, fresh): (String, i64) = self.query(&eval).await?;
+            Ok(Appended { nid: parse_id(&nid)?, fresh: fresh == 1 })
         })
     }
 
@@ -244,24 +364,86 @@ impl Store for RedisStore {
         })
     }
 
-    fn seen<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Option<StreamId>, StoreError>> {
+    fn claim_key<'a>(&'a self, key: &'a str, value: &'a str, window: Duration) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
         Box::pin(async move {
-            let value: Option<String> = self.query(redis::cmd("GET").arg(format!("herald:seen:{user}"))).await?;
-            value.map(|v| parse_id(&v)).transpose()
+            let mut invocation = self.claim_key.prepare_invoke();
+            invocation.key(idempotency_key(key)).arg(value).arg(window.as_millis() as u64);
+            self.invoke(&invocation).await
         })
     }
 
-    fn advance_seen<'a>(&'a self, marks: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Sessions, StoreError>> {
         Box::pin(async move {
-            for chunk in marks.chunks(IDS_PER_CALL) {
-                self.set_ids(chunk.iter().map(|(user, id)| (format!("herald:seen:{user}"), *id)), Keep::Larger).await?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("HGETALL").arg(sessions_key(user)).cmd("GET").arg(seen_key(user));
+            let (fields, seen): (Vec<(String, String)>, Option<String>) = self.query_pipe(&pipe).await?;
+            let mut nodes: Vec<NodeSession> = Vec::new();
+            let since: std::collections::HashMap<&str, &str> =
+                fields.iter().filter_map(|(k, v)| k.strip_suffix(SINCE).map(|node| (node, v.as_str()))).collect();
+            for (node, sockets) in fields.iter().filter(|(k, _)| !k.ends_with(SINCE)) {
+                let since = since.get(node.as_str()).and_then(|s| s.parse().ok()).unwrap_or_default();
+                nodes.push(NodeSession { node: node.clone(), sockets: sockets.parse().unwrap_or(0), since });
             }
+            Ok(Sessions { seen: seen.map(|v| parse_id(&v)).transpose()?, nodes })
+        })
+    }
+
+    fn set_sessions<'a>(&'a self, user: &'a str, node: &'a str, sockets: u64, since: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let key = sessions_key(user);
+            let mut pipe = redis::pipe();
+            pipe.cmd("HSET").arg(&key).arg(node).arg(sockets).ignore();
+            pipe.cmd("HSETNX").arg(&key).arg(format!("{node}{SINCE}")).arg(since.to_string()).ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(self.keep_ms()).ignore();
+            self.query_pipe::<()>(&pipe).await
+        })
+    }
+
+    fn end_sessions<'a>(&'a self, user: &'a str, nodes: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if nodes.is_empty() {
+                return Ok(());
+            }
+            let mut invocation = self.end_sessions.prepare_invoke();
+            invocation.key(sessions_key(user)).key(seen_key(user)).arg(SINCE).arg(self.keep_ms());
+            for (node, mark) in nodes {
+                invocation.arg(node).arg(mark.to_string());
+            }
+            let _: i64 = self.invoke(&invocation).await?;
             Ok(())
         })
     }
 
-    fn rewind_seen<'a>(&'a self, user: &'a str, id: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { self.set_ids([(format!("herald:seen:{user}"), id)], Keep::Smaller).await })
+    fn node_marks<'a>(&'a self, nodes: &'a [String]) -> BoxFuture<'a, Result<Vec<NodeMark>, StoreError>> {
+        Box::pin(async move {
+            if nodes.is_empty() {
+                return Ok(vec![]);
+            }
+            let mut pipe = redis::pipe();
+            for node in nodes {
+                pipe.cmd("EXISTS").arg(node_channel(node));
+                pipe.cmd("PUBSUB").arg("NUMSUB").arg(node_channel(node));
+                pipe.cmd("GET").arg(delivered_key(node));
+            }
+            let replies: Vec<redis::Value> = self.query_pipe(&pipe).await?;
+            let mut marks = Vec::with_capacity(nodes.len());
+            for reply in replies.chunks(3) {
+                let heartbeat: i64 = redis::from_redis_value(reply[0].clone()).unwrap_or(0);
+                let numsub: Vec<redis::Value> = redis::from_redis_value(reply[1].clone()).unwrap_or_default();
+                let subscribed: i64 = numsub.get(1).and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or(0);
+                let delivered: Option<String> = redis::from_redis_value(reply[2].clone()).unwrap_or(None);
+                marks.push(NodeMark { alive: heartbeat > 0 && subscribed > 0, delivered: delivered.and_then(|d| d.parse().ok()) });
+            }
+            Ok(marks)
+        })
+    }
+
+    fn write_node_mark<'a>(&'a self, node: &'a str, delivered: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.set_ids([(delivered_key(node), delivered)]).await?;
+            let _: bool = self.query(redis::cmd("PEXPIRE").arg(delivered_key(node)).arg(self.keep_ms())).await?;
+            Ok(())
+        })
     }
 
     fn set_user_rooms<'a>(&'a self, user: &'a str, rooms: &'a [String]) -> BoxFuture<'a, Result<(), StoreError>> {
@@ -295,7 +477,7 @@ impl Store for RedisStore {
     fn mark_read<'a>(&'a self, user: &'a str, ids: &'a [StreamId], up_to: Option<StreamId>) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             if let Some(up_to) = up_to {
-                self.set_ids([(format!("herald:read:{user}"), up_to)], Keep::Larger).await?;
+                self.set_ids([(format!("herald:read:{user}"), up_to)]).await?;
             }
             if !ids.is_empty() {
                 let key = format!("herald:read:{user}:ids");

@@ -12,6 +12,11 @@ use super::{API_KEY, SECRET};
 pub struct HeraldProcess {
     pub port: u16,
     pub node_id: String,
+    /// Its own `storage.data_dir` (the outbox with Redis, the database without), kept across
+    /// [`HeraldProcess::restart`].
+    pub data_dir: std::path::PathBuf,
+    redis_url: String,
+    settings: Vec<(String, String)>,
     process: Option<Child>,
 }
 
@@ -24,13 +29,35 @@ impl HeraldProcess {
     /// Like `start`, with more `HERALD__*` settings.
     pub async fn start_with(node_id: &str, redis_url: &str, settings: &[(&str, &str)]) -> HeraldProcess {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let data_dir = std::env::temp_dir().join(format!("herald-test-{node_id}-{}", uuid_like()));
+        let mut instance = HeraldProcess {
+            port,
+            node_id: node_id.to_string(),
+            data_dir,
+            redis_url: redis_url.to_string(),
+            settings: settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            process: None,
+        };
+        instance.spawn().await;
+        instance
+    }
+
+    /// Starts the same instance again (same port, settings and data directory) after a kill.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let (port, node_id, redis_url) = (self.port, self.node_id.clone(), self.redis_url.clone());
         let process = Command::new(env!("CARGO_BIN_EXE_herald"))
-            .envs(settings.iter().copied())
+            .envs(self.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("HERALD__STORAGE__DATA_DIR", &self.data_dir)
             .env("HERALD__SERVER__HOST", "127.0.0.1")
             .env("HERALD__SERVER__PORT", port.to_string())
-            .env("HERALD__SERVER__NODE_ID", node_id)
+            .env("HERALD__SERVER__NODE_ID", &node_id)
             .env("HERALD__SERVER__SHUTDOWN_GRACE_SECS", "2")
-            .env("HERALD__REDIS__URL", redis_url)
+            .env("HERALD__REDIS__URL", &redis_url)
             .env("HERALD__AUTH__JWT_SECRET", SECRET)
             .env("HERALD__API__KEYS", API_KEY)
             .env("HERALD__SOCKETIO__NAMESPACES", "/,/chat")
@@ -39,13 +66,12 @@ impl HeraldProcess {
             .stderr(if std::env::var("HERALD_TEST_LOG").is_ok() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .expect("herald binary runs");
-        let instance = HeraldProcess { port, node_id: node_id.to_string(), process: Some(process) };
+        self.process = Some(process);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while instance.health().await.is_none() {
+        while self.health().await.is_none() {
             assert!(Instant::now() < deadline, "herald {node_id} did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        instance
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -69,6 +95,27 @@ impl HeraldProcess {
         let response = reqwest::Client::new().post(self.url(path)).bearer_auth(API_KEY).json(&body).send().await.expect("request sent");
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `post` with an `Idempotency-Key` header; also returns the `Retry-After` header.
+    pub async fn post_with_key(&self, path: &str, key: &str, body: Value) -> (u16, Value, Option<String>) {
+        let response = reqwest::Client::new()
+            .post(self.url(path))
+            .bearer_auth(API_KEY)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from);
+        (status, response.json().await.unwrap_or(Value::Null), retry_after)
+    }
+
+    /// `GET` with the API key.
+    pub async fn get(&self, path: &str) -> Value {
+        let response = reqwest::Client::new().get(self.url(path)).bearer_auth(API_KEY).send().await.expect("request sent");
+        response.json().await.unwrap_or(Value::Null)
     }
 
     /// Waits until `/health` satisfies `condition`.
@@ -97,5 +144,18 @@ impl HeraldProcess {
 impl Drop for HeraldProcess {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
+}
+
+/// A name no other test process uses.
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -40,6 +40,7 @@ pub fn test_settings() -> Settings {
     settings.server.shutdown_grace_secs = 3;
     settings.auth.jwt_secret = SECRET.into();
     settings.api.keys = vec![API_KEY.into()];
+    settings.storage.in_memory = true;
     settings
 }
 

@@ -2,7 +2,7 @@
 // (also when a test fails: every process is registered and killed on exit).
 import { spawn, execFile } from 'node:child_process';
 import { createServer } from 'node:net';
-import { mkdirSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { mkdirSync, openSync, closeSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -87,18 +87,45 @@ export async function waitUntil(check, { timeout = 10000, interval = 100, what =
 }
 
 export class Redis {
-  constructor(port) { this.port = port; this.url = `redis://127.0.0.1:${port}/0`; }
+  /**
+   * `appendfsync`: unset (default) runs without persistence, as before (a kill -9 loses every
+   * key); 'always' or 'everysec' turns the append-only file on, in a directory of its own under
+   * RUN_DIR (created fresh here, kept across restart()), so a kill -9 + start() keeps the data.
+   */
+  constructor(port, { appendfsync } = {}) {
+    this.port = port; this.url = `redis://127.0.0.1:${port}/0`;
+    this.appendfsync = appendfsync;
+    if (appendfsync) {
+      this.dir = join(RUN_DIR, 'data', `redis-${port}`);
+      rmSync(this.dir, { recursive: true, force: true });
+      mkdirSync(this.dir, { recursive: true });
+    }
+  }
 
-  static async start(port) {
-    const r = new Redis(port ?? await freePort());
+  static async start(port, opts = {}) {
+    const r = new Redis(port ?? await freePort(), opts);
     await r.start();
     return r;
   }
 
   async start() {
+    const persist = this.appendfsync
+      ? ['--dir', this.dir, '--appendonly', 'yes', '--appendfsync', this.appendfsync]
+      : ['--appendonly', 'no'];
     this.proc = spawnLogged(`redis-${this.port}`, 'redis-server',
-      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
-    await waitUntil(async () => (await this.cli('PING')).trim() === 'PONG', { what: `redis on ${this.port}` });
+      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', ...persist]);
+    const proc = this.proc;
+    await waitUntil(async () => {
+      if (hasExited(proc)) throw Object.assign(new Error(`redis-server on ${this.port} exited (log ${proc.logPath})`), { fatal: true });
+      return (await this.cli('PING')).trim() === 'PONG';
+    }, { what: `redis on ${this.port}` });
+  }
+
+  /** kill -9, then start again on the same port after `downMs`. */
+  async restart(downMs = 0) {
+    await this.kill9();
+    if (downMs > 0) await sleep(downMs);
+    await this.start();
   }
 
   cli(...args) { return run('redis-cli', ['-p', String(this.port), ...args]); }
@@ -110,9 +137,17 @@ export class Redis {
 }
 
 export class Herald {
-  constructor({ name, port, redisUrl, env = {} }) {
+  /**
+   * Each instance gets its own data directory (`storage.data_dir`: the outbox with Redis), a
+   * fresh one per Herald object under RUN_DIR/data, kept when the same object is start()ed again
+   * after kill9(). `dataDir`: another path, or false to set none (the server's default).
+   */
+  constructor({ name, port, redisUrl, env = {}, dataDir }) {
     Object.assign(this, { name, port, redisUrl, extraEnv: env });
     this.url = `http://127.0.0.1:${port}`;
+    this.dataDir = dataDir === undefined ? join(RUN_DIR, 'data', `herald-${name}-${port}`) : dataDir;
+    if (this.dataDir && dataDir === undefined) rmSync(this.dataDir, { recursive: true, force: true });
+    if (this.dataDir) mkdirSync(this.dataDir, { recursive: true });
   }
 
   async start() {
@@ -125,6 +160,7 @@ export class Herald {
       HERALD__AUTH__JWT_SECRET: JWT_SECRET,
       HERALD__API__KEYS: API_KEY,
       HERALD__SOCKETIO__NAMESPACES: '/,/chat',
+      ...(this.dataDir ? { HERALD__STORAGE__DATA_DIR: this.dataDir } : {}),
       ...this.extraEnv,
     });
     const proc = this.proc;
@@ -166,9 +202,9 @@ export class Herald {
   }
 }
 
-/** One redis-server plus `n` Herald instances named A, B, C... sharing it. */
-export async function startCluster(n = 3, { env = {} } = {}) {
-  const redis = await Redis.start();
+/** One redis-server plus `n` Herald instances named A, B, C... sharing it (`redis`: Redis options). */
+export async function startCluster(n = 3, { env = {}, redis: redisOpts = {} } = {}) {
+  const redis = await Redis.start(undefined, redisOpts);
   const nodes = [];
   try {
     for (let i = 0; i < n; i++) {

@@ -11,8 +11,8 @@
 //! rather than panicking on hostile input. [`DecodeError::reason`] gives a short stable label for
 //! metrics.
 //!
-//! The tests replay every real capture in `../shared/wire-samples/` (relative to the repository
-//! root) and fuzz each decoder with proptest. To fuzz longer than the default 256 cases:
+//! The tests replay every real capture in `tests/fixtures/wire-samples/` (a copy of the
+//! contract's `shared/wire-samples/`) and fuzz each decoder with proptest. To fuzz longer than the default 256 cases:
 //!
 //! ```text
 //! PROPTEST_CASES=100000 cargo test --release --lib ingress::decode

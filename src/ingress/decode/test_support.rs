@@ -1,4 +1,5 @@
-//! What the decoder tests share: the real captures in `shared/wire-samples/`, a normal form for
+//! What the decoder tests share: the real captures in `tests/fixtures/wire-samples/` (copied from the
+//! contract's `shared/wire-samples/`, so the repository builds and tests on its own), a normal form for
 //! comparing decoded values, and proptest strategies that mutate valid messages.
 
 use proptest::prelude::*;
@@ -15,9 +16,9 @@ pub struct Sample {
     pub payload: Vec<u8>,
 }
 
-/// Every capture of `file` (in `shared/wire-samples/`, a sibling of the repository root), in order.
+/// Every capture of `file` (in `tests/fixtures/wire-samples/`), in order.
 pub fn samples(file: &str) -> Vec<Sample> {
-    let path = format!("{}/../shared/wire-samples/{file}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/tests/fixtures/wire-samples/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut samples = Vec::new();
     let (mut section, mut channel) = (String::new(), String::new());

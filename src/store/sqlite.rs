@@ -1,0 +1,1252 @@
+//! The embedded default's store: one SQLite database (`herald.db` under `storage.data_dir`, or a
+//! database in memory for tests).
+//!
+//! Why: without Redis, Herald runs as a single instance, and restarting it (a deploy, a crash, a
+//! `kill -9`) must lose nothing it promised to keep: the notifications waiting for users who are
+//! away, their seen marks, sessions, read state, the rooms their tokens granted and the
+//! idempotency keys of producers. Why SQLite: it is bundled into the binary (nothing to install
+//! or run beside Herald), its WAL journal makes each call one short sequential write, and it is
+//! one of the best-tested storage engines there is: no hand-written file format, recovery or
+//! compaction to get wrong.
+//!
+//! Durability: WAL journal with `synchronous=NORMAL`. Every call that returned has committed its
+//! transaction to the WAL file (in the OS's hands), so a process crash or `kill -9` loses
+//! nothing; a power loss or an OS crash may lose the last transactions (those since the WAL was
+//! last synced, at a checkpoint), never the consistency of the file. The database is opened in
+//! exclusive locking mode: a second process (another Herald on the same `data_dir`) cannot open
+//! it, since only one process can keep ids increasing. At open, `PRAGMA quick_check` reads the
+//! whole file, so that a damaged one is refused at startup rather than failing calls later.
+//!
+//! Calls run synchronously under one mutex: with WAL and `synchronous=NORMAL` a commit writes a
+//! few pages and waits for no disk, so each takes microseconds to a fraction of a millisecond.
+//!
+//! Tables (schema version [`SCHEMA_VERSION`], in `PRAGMA user_version`; `PRAGMA application_id`
+//! is [`APPLICATION_ID`]):
+//! - `streams (id, namespace, room, len, last_ms, last_seq)`: one row per persisted room's
+//!   stream, with its number of entries and the id of its newest (a stream idle for longer than
+//!   the age cap holds only expired entries, and goes entirely). The largest of those ids is the
+//!   last one handed out: after a restart, ids go on above it, even when the clock went back.
+//! - `entries (stream, ms, seq, nid, event, args)`: the entry id `<ms>-<seq>` as two integers,
+//!   the notification id as text, `args` as [`stored::encode`] JSON.
+//! - `meta (key, value)`: `last_id`, written by the appends that store nothing (no room), whose
+//!   id no stream keeps.
+//! - `idempotency_keys (key, value, expires_ms)`: producers' keys ([`Stored::idempotency`] maps
+//!   a key to the notification id; [`Store::claim_key`] to any value: one key space, as in Redis).
+//! - `seen (user, id)`, `sessions (user, node, sockets, since)`, `node_marks (node, delivered)`,
+//!   `user_rooms (user, rooms)` (a JSON list), `read_marks (user, up_to)` and
+//!   `read_ids (user, id)`.
+//!
+//! Marks (`seen`, `since`, `delivered`, read ids) are kept as text `<ms>-<seq>` and compared in
+//! Rust: callers pass marks such as `<ms>-18446744073709551615` ("all of that millisecond"),
+//! which SQLite's signed integers cannot hold. Entry ids are made here and always fit.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
+
+use super::{Appended, Entry, NodeMark, NodeSession, ReadState, Sessions, Store, StoreError, Stored, StreamId};
+use crate::notification::now_ms;
+use crate::payload::stored;
+
+/// The schema this code reads and writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Marks a Herald database (`PRAGMA application_id`): "HRLD".
+pub const APPLICATION_ID: i64 = 0x4852_4c44;
+
+/// How long a call waits for a lock held by another connection before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many expired streams or idempotency keys one call deletes at most, so that catching up
+/// after a long pause never makes one call slow.
+const PURGE_BATCH: i64 = 64;
+
+/// The largest sequence number an entry id is given: ids are stored as SQLite integers (i64).
+const MAX_SEQ: u64 = i64::MAX as u64;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS streams (
+    id INTEGER PRIMARY KEY,
+    namespace TEXT NOT NULL,
+    room TEXT NOT NULL,
+    len INTEGER NOT NULL,
+    last_ms INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    UNIQUE (namespace, room)
+);
+CREATE INDEX IF NOT EXISTS streams_by_last_id ON streams (last_ms, last_seq);
+CREATE TABLE IF NOT EXISTS entries (
+    stream INTEGER NOT NULL,
+    ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    nid TEXT NOT NULL,
+    event TEXT NOT NULL,
+    args TEXT NOT NULL,
+    PRIMARY KEY (stream, ms, seq)
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_expiry ON idempotency_keys (expires_ms);
+CREATE TABLE IF NOT EXISTS seen (
+    user TEXT PRIMARY KEY,
+    id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    user TEXT NOT NULL,
+    node TEXT NOT NULL,
+    sockets INTEGER NOT NULL,
+    since TEXT NOT NULL,
+    PRIMARY KEY (user, node)
+);
+CREATE TABLE IF NOT EXISTS node_marks (
+    node TEXT PRIMARY KEY,
+    delivered TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS user_rooms (
+    user TEXT PRIMARY KEY,
+    rooms TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS read_marks (
+    user TEXT PRIMARY KEY,
+    up_to TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS read_ids (
+    user TEXT NOT NULL,
+    id TEXT NOT NULL,
+    PRIMARY KEY (user, id)
+);
+";
+
+pub struct SqliteStore {
+    /// This instance: the only node this store reports alive.
+    node_id: String,
+    max_len: usize,
+    max_age: Duration,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    conn: Connection,
+    /// The largest id handed out (once its append committed, the newest entry of a stream, or
+    /// `meta.last_id`).
+    last_id: StreamId,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path`, or one in memory when `None`. The directory
+    /// must exist. Fails, with the reason, when the file cannot be opened or written, is not a
+    /// Herald database, was written by a newer Herald, is damaged, or is in use by another process.
+    pub fn open(path: Option<&Path>, node_id: &str, max_len: usize, max_age: Duration) -> Result<SqliteStore, StoreError> {
+        let name = path.map_or_else(|| ":memory:".to_string(), |p| p.display().to_string());
+        let conn = match path {
+            Some(path) => Connection::open(path),
+            None => Connection::open_in_memory(),
+        }
+        .map_err(|e| open_error(&name, Failure::Sql(e)))?;
+        let last_id = prepare(&conn, path.is_some()).map_err(|e| open_error(&name, e))?;
+        Ok(SqliteStore { node_id: node_id.to_string(), max_len, max_age, inner: Mutex::new(Inner { conn, last_id }) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Entries older than this (unix ms) are past the age cap.
+    fn oldest_kept(&self, now: u64) -> i64 {
+        sql_int(now.saturating_sub(millis(self.max_age)))
+    }
+
+    fn append_now(&self, namespace: &str, rooms: &[String], emit: Stored<'_>) -> Result<Appended, StoreError> {
+        // One instance receives each message once: `dedup` has nothing to deduplicate, and the
+        // caller delivers locally: `relay` has no one to reach.
+        let Stored { event, args, nid, idempotency, .. } = emit;
+        let now = now_ms();
+        let oldest_kept = self.oldest_kept(now);
+        let max_len = i64::try_from(self.max_len).unwrap_or(i64::MAX);
+        let mut guard = self.lock();
+        let Inner { conn, last_id } = &mut *guard;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+        if let Some(idempotency) = idempotency {
+            if let Some(first) = live_key(&tx, idempotency.key, now)? {
+                return Ok(Appended { nid: parse_id(&first)?, fresh: false });
+            }
+        }
+        let first_id = next_id(*last_id, now);
+        *last_id = first_id;
+        let nid = nid.unwrap_or(first_id);
+        let nid_text = nid.to_string();
+        let args = stored::encode(args);
+        for (i, room) in rooms.iter().enumerate() {
+            let id = if i == 0 { first_id } else { next_id(*last_id, now) };
+            *last_id = id;
+            let (stream, len): (i64, i64) = tx
+                .prepare_cached(
+                    "INSERT INTO streams (namespace, room, len, last_ms, last_seq) VALUES (?1, ?2, 1, ?3, ?4)
+                     ON CONFLICT (namespace, room) DO UPDATE SET len = len + 1, last_ms = excluded.last_ms, last_seq = excluded.last_seq
+                     RETURNING id, len",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![namespace, room, sql_int(id.ms), sql_int(id.seq)], |row| Ok((row.get(0)?, row.get(1)?)))
+                })
+                .map_err(failed)?;
+            tx.prepare_cached("INSERT INTO entries (stream, ms, seq, nid, event, args) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+                .and_then(|mut s| s.execute(params![stream, sql_int(id.ms), sql_int(id.seq), nid_text, event, args]))
+                .map_err(failed)?;
+            let expired = tx
+                .prepare_cached("DELETE FROM entries WHERE stream = ?1 AND ms < ?2")
+                .and_then(|mut s| s.execute(params![stream, oldest_kept]))
+                .map_err(failed)? as i64;
+            let excess = (len - expired - max_len).max(0);
+            let trimmed = if excess > 0 {
+                tx.prepare_cached(
+                    "DELETE FROM entries WHERE stream = ?1
+                     AND (ms, seq) <= (SELECT ms, seq FROM entries WHERE stream = ?1 ORDER BY ms, seq LIMIT 1 OFFSET ?2 - 1)",
+                )
+                .and_then(|mut s| s.execute(params![stream, excess]))
+                .map_err(failed)? as i64
+            } else {
+                0
+            };
+            if expired + trimmed > 0 {
+                tx.prepare_cached("UPDATE streams SET len = len - ?2 WHERE id = ?1")
+                    .and_then(|mut s| s.execute(params![stream, expired + trimmed]))
+                    .map_err(failed)?;
+            }
+        }
+        purge_idle_streams(&tx, oldest_kept)?;
+        if let Some(idempotency) = idempotency {
+            put_key(&tx, idempotency.key, &nid_text, now, idempotency.window)?;
+        }
+        if rooms.is_empty() {
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('last_id', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut s| s.execute(params![last_id.to_string()]))
+            .map_err(failed)?;
+        }
+        tx.commit().map_err(failed)?;
+        Ok(Appended { nid, fresh: true })
+    }
+
+    fn range_now(&self, namespace: &str, room: &str, after: Option<StreamId>) -> Result<Vec<Entry>, StoreError> {
+        let Some(after) = lower_bound(after) else { return Ok(vec![]) };
+        // Entries past the age cap may still be there (their stream had no append since); they
+        // are not returned.
+        let after = after.max((self.oldest_kept(now_ms()), -1));
+        let rows: Vec<(i64, i64, String, String, String)> = {
+            let guard = self.lock();
+            let mut statement = guard
+                .conn
+                .prepare_cached(
+                    "SELECT e.ms, e.seq, e.nid, e.event, e.args FROM entries e JOIN streams s ON s.id = e.stream
+                     WHERE s.namespace = ?1 AND s.room = ?2 AND (e.ms, e.seq) > (?3, ?4)
+                     ORDER BY e.ms, e.seq",
+                )
+                .map_err(failed)?;
+            let rows = statement
+                .query_map(params![namespace, room, after.0, after.1], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+                })
+                .map_err(failed)?;
+            rows.collect::<Result<_, _>>().map_err(failed)?
+        };
+        // Decoded after the lock is released: other calls need not wait for it.
+        let mut entries = Vec::with_capacity(rows.len());
+        for (ms, seq, nid, event, args) in rows {
+            let id = format!("{ms}-{seq}");
+            match (parse_id(&nid), stored::decode(&args)) {
+                (Ok(nid), Ok(args)) => entries.push(Entry { nid, event, args }),
+                (Err(e), _) => tracing::warn!(namespace, room, %id, error = %e, "unreadable stream entry skipped"),
+                (_, Err(e)) => tracing::warn!(namespace, room, %id, error = %e, "unreadable stream entry skipped"),
+            }
+        }
+        Ok(entries)
+    }
+
+    fn claim_key_now(&self, key: &str, value: &str, window: Duration) -> Result<Option<String>, StoreError> {
+        let now = now_ms();
+        let mut guard = self.lock();
+        let tx = guard.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+        if let Some(first) = live_key(&tx, key, now)? {
+            return Ok(Some(first));
+        }
+        put_key(&tx, key, value, now, window)?;
+        tx.commit().map_err(failed)?;
+        Ok(None)
+    }
+
+    fn sessions_now(&self, user: &str) -> Result<Sessions, StoreError> {
+        let guard = self.lock();
+        let seen = guard
+            .conn
+            .prepare_cached("SELECT id FROM seen WHERE user = ?1")
+            .and_then(|mut s| s.query_row(params![user], |row| row.get::<_, String>(0)).optional())
+            .map_err(failed)?;
+        let mut statement =
+            guard.conn.prepare_cached("SELECT node, sockets, since FROM sessions WHERE user = ?1 ORDER BY node").map_err(failed)?;
+        let rows = statement
+            .query_map(params![user], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?)))
+            .map_err(failed)?;
+        let mut nodes = Vec::new();
+        for row in rows {
+            let (node, sockets, since) = row.map_err(failed)?;
+            nodes.push(NodeSession { node, sockets: sockets.max(0) as u64, since: parse_id(&since)? });
+        }
+        Ok(Sessions { seen: seen.as_deref().map(parse_id).transpose()?, nodes })
+    }
+
+    fn set_sessions_now(&self, user: &str, node: &str, sockets: u64, since: StreamId) -> Result<(), StoreError> {
+        let guard = self.lock();
+        guard
+            .conn
+            .prepare_cached(
+                "INSERT INTO sessions (user, node, sockets, since) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user, node) DO UPDATE SET sockets = excluded.sockets",
+            )
+            .and_then(|mut s| s.execute(params![user, node, sql_int(sockets), since.to_string()]))
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    fn end_sessions_now(&self, user: &str, nodes: &[(String, StreamId)]) -> Result<(), StoreError> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let mut guard = self.lock();
+        let tx = guard.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+        let current = tx
+            .prepare_cached("SELECT id FROM seen WHERE user = ?1")
+            .and_then(|mut s| s.query_row(params![user], |row| row.get::<_, String>(0)).optional())
+            .map_err(failed)?
+            .as_deref()
+            .map(parse_id)
+            .transpose()?;
+        let mut seen = current;
+        for (node, mark) in nodes {
+            let since = tx
+                .prepare_cached("DELETE FROM sessions WHERE user = ?1 AND node = ?2 RETURNING since")
+                .and_then(|mut s| s.query_row(params![user, node], |row| row.get::<_, String>(0)).optional())
+                .map_err(failed)?;
+            if let Some(since) = since {
+                seen = seen.max(Some(parse_id(&since)?));
+            }
+            seen = seen.max(Some(*mark));
+        }
+        if let Some(seen) = seen.filter(|seen| Some(*seen) != current) {
+            tx.prepare_cached("INSERT INTO seen (user, id) VALUES (?1, ?2) ON CONFLICT (user) DO UPDATE SET id = excluded.id")
+                .and_then(|mut s| s.execute(params![user, seen.to_string()]))
+                .map_err(failed)?;
+        }
+        tx.commit().map_err(failed)
+    }
+
+    fn node_marks_now(&self, nodes: &[String]) -> Result<Vec<NodeMark>, StoreError> {
+        let guard = self.lock();
+        let mut statement = guard.conn.prepare_cached("SELECT delivered FROM node_marks WHERE node = ?1").map_err(failed)?;
+        let mut marks = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let delivered = statement.query_row(params![node], |row| row.get::<_, String>(0)).optional().map_err(failed)?;
+            marks.push(NodeMark { alive: *node == self.node_id, delivered: delivered.as_deref().map(parse_id).transpose()? });
+        }
+        Ok(marks)
+    }
+
+    fn write_node_mark_now(&self, node: &str, delivered: StreamId) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let tx = guard.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+        let current = tx
+            .prepare_cached("SELECT delivered FROM node_marks WHERE node = ?1")
+            .and_then(|mut s| s.query_row(params![node], |row| row.get::<_, String>(0)).optional())
+            .map_err(failed)?
+            .as_deref()
+            .map(parse_id)
+            .transpose()?;
+        if current.is_some_and(|current| current >= delivered) {
+            return Ok(());
+        }
+        tx.prepare_cached(
+            "INSERT INTO node_marks (node, delivered) VALUES (?1, ?2) ON CONFLICT (node) DO UPDATE SET delivered = excluded.delivered",
+        )
+        .and_then(|mut s| s.execute(params![node, delivered.to_string()]))
+        .map_err(failed)?;
+        tx.commit().map_err(failed)
+    }
+
+    fn set_user_rooms_now(&self, user: &str, rooms: &[String]) -> Result<(), StoreError> {
+        let rooms = serde_json::to_string(rooms).map_err(|e| StoreError(e.to_string()))?;
+        let guard = self.lock();
+        guard
+            .conn
+            .prepare_cached("INSERT INTO user_rooms (user, rooms) VALUES (?1, ?2) ON CONFLICT (user) DO UPDATE SET rooms = excluded.rooms")
+            .and_then(|mut s| s.execute(params![user, rooms]))
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    fn user_rooms_now(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        let guard = self.lock();
+        let rooms = guard
+            .conn
+            .prepare_cached("SELECT rooms FROM user_rooms WHERE user = ?1")
+            .and_then(|mut s| s.query_row(params![user], |row| row.get::<_, String>(0)).optional())
+            .map_err(failed)?;
+        Ok(match rooms {
+            None => vec![],
+            Some(rooms) => serde_json::from_str(&rooms).unwrap_or_else(|e| {
+                tracing::warn!(user, error = %e, "unreadable user rooms ignored");
+                vec![]
+            }),
+        })
+    }
+
+    fn read_state_now(&self, user: &str) -> Result<ReadState, StoreError> {
+        let guard = self.lock();
+        let up_to = read_mark(&guard.conn, user)?;
+        let mut ids = read_ids(&guard.conn, user)?;
+        ids.retain(|id| up_to.is_none_or(|up_to| *id > up_to));
+        ids.sort();
+        Ok(ReadState { up_to, ids })
+    }
+
+    fn mark_read_now(&self, user: &str, ids: &[StreamId], up_to: Option<StreamId>) -> Result<(), StoreError> {
+        let mut guard = self.lock();
+        let tx = guard.conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(failed)?;
+        let current = read_mark(&tx, user)?;
+        // `None` sorts first: the mark only moves forward.
+        let mark = current.max(up_to);
+        if let Some(mark) = mark.filter(|mark| Some(*mark) != current) {
+            tx.prepare_cached(
+                "INSERT INTO read_marks (user, up_to) VALUES (?1, ?2) ON CONFLICT (user) DO UPDATE SET up_to = excluded.up_to",
+            )
+            .and_then(|mut s| s.execute(params![user, mark.to_string()]))
+            .map_err(failed)?;
+            // Ids read one by one that the mark now covers.
+            let mut delete = tx.prepare_cached("DELETE FROM read_ids WHERE user = ?1 AND id = ?2").map_err(failed)?;
+            for id in read_ids(&tx, user)?.into_iter().filter(|id| *id <= mark) {
+                delete.execute(params![user, id.to_string()]).map_err(failed)?;
+            }
+        }
+        let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO read_ids (user, id) VALUES (?1, ?2)").map_err(failed)?;
+        for id in ids.iter().filter(|id| mark.is_none_or(|mark| **id > mark)) {
+            insert.execute(params![user, id.to_string()]).map_err(failed)?;
+        }
+        drop(insert);
+        tx.commit().map_err(failed)
+    }
+}
+
+/// Why opening failed, before it is worded for the operator.
+enum Failure {
+    Sql(rusqlite::Error),
+    /// The file opened and reads, but is not (or no longer) a database this Herald can use.
+    Unusable(String),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+fn open_error(name: &str, failure: Failure) -> StoreError {
+    let e = match failure {
+        Failure::Unusable(reason) => return StoreError(format!("{name} is not a usable Herald database: {reason}")),
+        Failure::Sql(e) => e,
+    };
+    StoreError(match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            format!("{name} is in use by another process (another Herald with the same storage.data_dir?): {e}")
+        }
+        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly) => {
+            format!("cannot open {name} for writing (does its directory exist, and may Herald write there?): {e}")
+        }
+        _ => format!("{name} is not a usable Herald database: {e}"),
+    })
+}
+
+/// Sets the connection up, checks the file and creates the schema when missing. Answers the
+/// largest id handed out so far.
+fn prepare(conn: &Connection, on_disk: bool) -> Result<StreamId, Failure> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    if on_disk {
+        // Before the first read, so that WAL keeps its index in process memory and the lock
+        // taken by the first write below is held until the store is dropped.
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    }
+    // The first read of the file: a file that is not a database fails here.
+    let application_id: i64 = conn.pragma_query_value(None, "application_id", |row| row.get(0))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let mut problems = Vec::new();
+    conn.pragma_query(None, "quick_check", |row| {
+        let line: String = row.get(0)?;
+        if line != "ok" && problems.len() < 5 {
+            problems.push(line);
+        }
+        Ok(())
+    })?;
+    if !problems.is_empty() {
+        return Err(Failure::Unusable(format!("damaged ({})", problems.join("; "))));
+    }
+    let tables: i64 =
+        conn.query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'", [], |row| row.get(0))?;
+    if application_id != APPLICATION_ID && (application_id != 0 || version != 0 || tables > 0) {
+        return Err(Failure::Unusable(format!(
+            "it is a SQLite database of something else (application_id {application_id:#x}, user_version {version}, {tables} tables)"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(Failure::Unusable(format!(
+            "it was written by a newer Herald (schema version {version}; this one knows up to {SCHEMA_VERSION})"
+        )));
+    }
+    if on_disk {
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(mode, "SQLite refused the WAL journal; writes will be slower");
+        }
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // The schema and its version in one transaction: a file has both or neither.
+    let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+    tx.commit()?;
+    // The streams that appends kept are never all idle: the newest stream row holds the id
+    // handed out last, unless an append without rooms came after it.
+    let newest: Option<(i64, i64)> = conn
+        .query_row("SELECT last_ms, last_seq FROM streams ORDER BY last_ms DESC, last_seq DESC LIMIT 1", [], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+        .optional()?;
+    let newest = newest.map_or(StreamId::default(), |(ms, seq)| StreamId::new(ms.max(0) as u64, seq.max(0) as u64));
+    let meta: Option<String> = conn.query_row("SELECT value FROM meta WHERE key = 'last_id'", [], |row| row.get(0)).optional()?;
+    let meta = meta.map(|text| text.parse::<StreamId>()).transpose().map_err(|e| Failure::Unusable(format!("meta.last_id: {e}")))?;
+    Ok(newest.max(meta.unwrap_or_default()))
+}
+
+/// The id after `last`: now, or the next sequence number of `last`'s millisecond when the clock
+/// has not moved past it (or went back).
+fn next_id(last: StreamId, now: u64) -> StreamId {
+    if now > last.ms {
+        StreamId::new(now, 0)
+    } else if last.seq < MAX_SEQ {
+        StreamId::new(last.ms, last.seq + 1)
+    } else {
+        StreamId::new(last.ms + 1, 0)
+    }
+}
+
+/// `after` as the exclusive lower bound of stored entry ids, or `None` when no stored id can be
+/// above it. Stored ids fit in i64: a larger `seq` means "after all of that millisecond".
+fn lower_bound(after: Option<StreamId>) -> Option<(i64, i64)> {
+    match after {
+        None => Some((-1, -1)),
+        Some(after) => Some((i64::try_from(after.ms).ok()?, i64::try_from(after.seq).unwrap_or(i64::MAX))),
+    }
+}
+
+/// Unix ms, socket counts and entry ids as SQLite integers (those past i64, which no clock
+/// makes, saturate).
+fn sql_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn failed(e: rusqlite::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn parse_id(text: &str) -> Result<StreamId, StoreError> {
+    text.parse().map_err(StoreError)
+}
+
+/// The value under an idempotency key, unless it expired.
+fn live_key(tx: &Transaction<'_>, key: &str, now: u64) -> Result<Option<String>, StoreError> {
+    tx.prepare_cached("SELECT value FROM idempotency_keys WHERE key = ?1 AND expires_ms > ?2")
+        .and_then(|mut s| s.query_row(params![key, sql_int(now)], |row| row.get(0)).optional())
+        .map_err(failed)
+}
+
+/// Remembers `value` under `key` until `now + window`, and forgets a batch of expired keys.
+fn put_key(tx: &Transaction<'_>, key: &str, value: &str, now: u64, window: Duration) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM idempotency_keys WHERE rowid IN (SELECT rowid FROM idempotency_keys WHERE expires_ms <= ?1 LIMIT ?2)")
+        .and_then(|mut s| s.execute(params![sql_int(now), PURGE_BATCH]))
+        .map_err(failed)?;
+    let expires = sql_int(now.saturating_add(millis(window)));
+    tx.prepare_cached(
+        "INSERT INTO idempotency_keys (key, value, expires_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_ms = excluded.expires_ms",
+    )
+    .and_then(|mut s| s.execute(params![key, value, expires]))
+    .map_err(failed)?;
+    Ok(())
+}
+
+/// Deletes a batch of streams that had no append for longer than the age cap: all their
+/// entries are past it.
+fn purge_idle_streams(tx: &Transaction<'_>, oldest_kept: i64) -> Result<(), StoreError> {
+    let idle: Vec<i64> = tx
+        .prepare_cached("SELECT id FROM streams WHERE last_ms < ?1 LIMIT ?2")
+        .and_then(|mut s| s.query_map(params![oldest_kept, PURGE_BATCH], |row| row.get(0))?.collect())
+        .map_err(failed)?;
+    for stream in idle {
+        tx.prepare_cached("DELETE FROM entries WHERE stream = ?1").and_then(|mut s| s.execute(params![stream])).map_err(failed)?;
+        tx.prepare_cached("DELETE FROM streams WHERE id = ?1").and_then(|mut s| s.execute(params![stream])).map_err(failed)?;
+    }
+    Ok(())
+}
+
+fn read_mark(conn: &Connection, user: &str) -> Result<Option<StreamId>, StoreError> {
+    conn.prepare_cached("SELECT up_to FROM read_marks WHERE user = ?1")
+        .and_then(|mut s| s.query_row(params![user], |row| row.get::<_, String>(0)).optional())
+        .map_err(failed)?
+        .as_deref()
+        .map(parse_id)
+        .transpose()
+}
+
+fn read_ids(conn: &Connection, user: &str) -> Result<Vec<StreamId>, StoreError> {
+    let mut statement = conn.prepare_cached("SELECT id FROM read_ids WHERE user = ?1").map_err(failed)?;
+    let rows = statement.query_map(params![user], |row| row.get::<_, String>(0)).map_err(failed)?;
+    let mut ids = Vec::new();
+    for row in rows {
+        ids.push(parse_id(&row.map_err(failed)?)?);
+    }
+    Ok(ids)
+}
+
+impl Store for SqliteStore {
+    fn append<'a>(&'a self, namespace: &'a str, rooms: &'a [String], emit: Stored<'a>) -> BoxFuture<'a, Result<Appended, StoreError>> {
+        Box::pin(async move { self.append_now(namespace, rooms, emit) })
+    }
+
+    fn range<'a>(&'a self, namespace: &'a str, room: &'a str, after: Option<StreamId>) -> BoxFuture<'a, Result<Vec<Entry>, StoreError>> {
+        Box::pin(async move { self.range_now(namespace, room, after) })
+    }
+
+    fn claim_key<'a>(&'a self, key: &'a str, value: &'a str, window: Duration) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+        Box::pin(async move { self.claim_key_now(key, value, window) })
+    }
+
+    fn sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Sessions, StoreError>> {
+        Box::pin(async move { self.sessions_now(user) })
+    }
+
+    fn set_sessions<'a>(&'a self, user: &'a str, node: &'a str, sockets: u64, since: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.set_sessions_now(user, node, sockets, since) })
+    }
+
+    fn end_sessions<'a>(&'a self, user: &'a str, nodes: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.end_sessions_now(user, nodes) })
+    }
+
+    fn node_marks<'a>(&'a self, nodes: &'a [String]) -> BoxFuture<'a, Result<Vec<NodeMark>, StoreError>> {
+        Box::pin(async move { self.node_marks_now(nodes) })
+    }
+
+    fn write_node_mark<'a>(&'a self, node: &'a str, delivered: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.write_node_mark_now(node, delivered) })
+    }
+
+    fn set_user_rooms<'a>(&'a self, user: &'a str, rooms: &'a [String]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.set_user_rooms_now(user, rooms) })
+    }
+
+    fn user_rooms<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move { self.user_rooms_now(user) })
+    }
+
+    fn read_state<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<ReadState, StoreError>> {
+        Box::pin(async move { self.read_state_now(user) })
+    }
+
+    fn mark_read<'a>(&'a self, user: &'a str, ids: &'a [StreamId], up_to: Option<StreamId>) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { self.mark_read_now(user, ids, up_to) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::payload::{Args, Value};
+    use crate::store::{merged_range, Idempotency};
+
+    const NODE: &str = "node-a";
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn args(n: i64) -> Args {
+        Args::one(Value::Object(vec![("n".into(), Value::Int(n))]))
+    }
+
+    fn emit(args: &Args) -> Stored<'_> {
+        Stored { event: "notification", args, dedup: None, nid: None, idempotency: None, relay: None }
+    }
+
+    fn keyed<'a>(args: &'a Args, key: &'a str, window: Duration) -> Stored<'a> {
+        Stored { idempotency: Some(Idempotency { key, window }), ..emit(args) }
+    }
+
+    fn rooms(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    fn id(ms: u64, seq: u64) -> StreamId {
+        StreamId::new(ms, seq)
+    }
+
+    fn memory(max_len: usize, max_age: Duration) -> SqliteStore {
+        match SqliteStore::open(None, NODE, max_len, max_age) {
+            Ok(store) => store,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn on_disk(path: &Path, node: &str) -> SqliteStore {
+        match SqliteStore::open(Some(path), node, 10, MINUTE) {
+            Ok(store) => store,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn refused(result: Result<SqliteStore, StoreError>) -> String {
+        match result {
+            Ok(_) => panic!("opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// The entry ids of a room's stream, oldest first, and whether `streams.len` counts them.
+    fn stored_ids(store: &SqliteStore, room: &str) -> (Vec<StreamId>, bool) {
+        let guard = store.lock();
+        let mut statement = guard
+            .conn
+            .prepare("SELECT e.ms, e.seq FROM entries e JOIN streams s ON s.id = e.stream WHERE s.room = ?1 ORDER BY e.ms, e.seq")
+            .unwrap();
+        let ids: Vec<StreamId> = statement
+            .query_map([room], |row| Ok(id(row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let len: Option<i64> =
+            guard.conn.query_row("SELECT len FROM streams WHERE room = ?1", [room], |row| row.get(0)).optional().unwrap();
+        let counted = len.unwrap_or(0) == ids.len() as i64;
+        (ids, counted)
+    }
+
+    /// A directory of its own under the system's temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static COUNT: AtomicUsize = AtomicUsize::new(0);
+            let name = format!("herald-sqlite-{}-{}-{}", std::process::id(), COUNT.fetch_add(1, Ordering::Relaxed), now_ms());
+            let path = std::env::temp_dir().join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+
+        fn db(&self) -> PathBuf {
+            self.0.join("herald.db")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[tokio::test]
+    async fn one_emit_to_several_rooms_reads_back_once() {
+        let store = memory(10, MINUTE);
+        let rooms = rooms(&["user_1", "role_a"]);
+        let Appended { nid, fresh } = store.append("/", &rooms, emit(&args(1))).await.unwrap();
+        assert!(fresh);
+        let merged = merged_range(&store, "/", &rooms, None).await.unwrap();
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0], Entry { nid, event: "notification".into(), args: args(1) });
+        assert_eq!(merged_range(&store, "/", &rooms, Some(nid)).await.unwrap(), vec![]);
+        assert_eq!(store.range("/other", "user_1", None).await.unwrap(), vec![]);
+        assert_eq!(store.range("/", "user_2", None).await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn caps_hold() {
+        let store = memory(3, MINUTE);
+        let rooms = rooms(&["user_1"]);
+        for n in 1..10 {
+            store.append("/", &rooms, emit(&args(n))).await.unwrap();
+        }
+        let kept: BTreeMap<StreamId, Entry> = store.range("/", "user_1", None).await.unwrap().into_iter().map(|e| (e.nid, e)).collect();
+        assert_eq!(kept.len(), 3);
+        assert_eq!(kept.values().map(|e| e.args.clone()).collect::<Vec<_>>(), vec![args(7), args(8), args(9)]);
+        let (ids, counted) = stored_ids(&store, "user_1");
+        assert_eq!(ids.len(), 3);
+        assert!(counted);
+    }
+
+    #[tokio::test]
+    async fn a_lower_length_cap_trims_at_the_next_append() {
+        let dir = TempDir::new();
+        let store = on_disk(&dir.db(), NODE);
+        for n in 0..10 {
+            store.append("/", &rooms(&["r"]), emit(&args(n))).await.unwrap();
+        }
+        drop(store);
+        let store = match SqliteStore::open(Some(&dir.db()), NODE, 4, MINUTE) {
+            Ok(store) => store,
+            Err(e) => panic!("{e}"),
+        };
+        store.append("/", &rooms(&["r"]), emit(&args(10))).await.unwrap();
+        let kept: Vec<Args> = store.range("/", "r", None).await.unwrap().into_iter().map(|e| e.args).collect();
+        assert_eq!(kept, vec![args(7), args(8), args(9), args(10)]);
+        assert!(stored_ids(&store, "r").1);
+    }
+
+    #[tokio::test]
+    async fn caps_by_age() {
+        let store = memory(100, Duration::from_millis(500));
+        store.append("/", &rooms(&["busy", "idle"]), emit(&args(1))).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        // Past the cap, an entry is not read back even before anything deletes it.
+        assert_eq!(store.range("/", "idle", None).await.unwrap(), vec![]);
+        assert_eq!(stored_ids(&store, "idle").0.len(), 1);
+        store.append("/", &rooms(&["busy"]), emit(&args(2))).await.unwrap();
+        let busy: Vec<Args> = store.range("/", "busy", None).await.unwrap().into_iter().map(|e| e.args).collect();
+        assert_eq!(busy, vec![args(2)]);
+        let (ids, counted) = stored_ids(&store, "busy");
+        assert_eq!(ids.len(), 1);
+        assert!(counted);
+        // The append deleted the idle stream too: all it held was past the cap.
+        assert_eq!(stored_ids(&store, "idle").0, vec![]);
+        let streams: i64 = store.lock().conn.query_row("SELECT count(*) FROM streams WHERE room = 'idle'", [], |row| row.get(0)).unwrap();
+        assert_eq!(streams, 0);
+        // A stream deleted that way starts over.
+        store.append("/", &rooms(&["idle"]), emit(&args(3))).await.unwrap();
+        assert_eq!(store.range("/", "idle", None).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn ids_strictly_increase_and_a_given_nid_is_kept() {
+        let store = memory(1000, MINUTE);
+        let rooms = rooms(&["a", "b", "c"]);
+        let mut nids = Vec::new();
+        for n in 0..200 {
+            nids.push(store.append("/", &rooms, emit(&args(n))).await.unwrap().nid);
+        }
+        assert!(nids.windows(2).all(|w| w[0] < w[1]), "{nids:?}");
+        let mut all: Vec<StreamId> = ["a", "b", "c"].iter().flat_map(|room| stored_ids(&store, room).0).collect();
+        assert_eq!(all.len(), 600);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 600, "every entry has its own id");
+        // Each nid is the id of its first room's entry, and every room's entry carries it.
+        assert_eq!(stored_ids(&store, "a").0, nids);
+        assert_eq!(store.range("/", "c", None).await.unwrap().into_iter().map(|e| e.nid).collect::<Vec<_>>(), nids);
+
+        let given = id(5, 5);
+        let appended = store.append("/", &rooms, Stored { nid: Some(given), ..emit(&args(0)) }).await.unwrap();
+        assert_eq!(appended, Appended { nid: given, fresh: true });
+        let b = store.range("/", "b", None).await.unwrap();
+        assert_eq!(b.len(), 201);
+        assert_eq!(b.last().unwrap().nid, given);
+        // The stream's order is the entries' own ids, whatever the nid.
+        assert!(stored_ids(&store, "b").0.last().unwrap() > nids.last().unwrap());
+    }
+
+    #[tokio::test]
+    async fn ids_increase_across_reopen_even_when_the_clock_went_back() {
+        let dir = TempDir::new();
+        let store = on_disk(&dir.db(), NODE);
+        let before = store.append("/", &rooms(&["r"]), emit(&args(1))).await.unwrap().nid;
+        drop(store);
+        let store = on_disk(&dir.db(), NODE);
+        let after = store.append("/", &rooms(&["r"]), emit(&args(2))).await.unwrap().nid;
+        assert!(after > before);
+        drop(store);
+        // The last run's clock was an hour ahead of this one.
+        let ahead = id(now_ms() + 3_600_000, 7);
+        let conn = Connection::open(dir.db()).unwrap();
+        conn.execute("UPDATE streams SET last_ms = ?1, last_seq = ?2", [ahead.ms as i64, ahead.seq as i64]).unwrap();
+        drop(conn);
+        let store = on_disk(&dir.db(), NODE);
+        let first = store.append("/", &rooms(&["r"]), emit(&args(3))).await.unwrap().nid;
+        let second = store.append("/", &rooms(&["r", "s"]), emit(&args(4))).await.unwrap().nid;
+        assert_eq!((first, second), (id(ahead.ms, 8), id(ahead.ms, 9)));
+        let read: Vec<Args> = store.range("/", "r", None).await.unwrap().into_iter().map(|e| e.args).collect();
+        assert_eq!(read, vec![args(1), args(2), args(3), args(4)]);
+        // An append to no room stores nothing, and its id is not handed out again.
+        let nothing = store.append("/", &[], emit(&args(5))).await.unwrap();
+        assert!(nothing.fresh && nothing.nid == id(ahead.ms, 11));
+        drop(store);
+        let store = on_disk(&dir.db(), NODE);
+        assert_eq!(store.append("/", &rooms(&["r"]), emit(&args(6))).await.unwrap().nid, id(ahead.ms, 12));
+    }
+
+    #[test]
+    fn next_ids_follow_the_clock_or_the_last_id() {
+        assert_eq!(next_id(id(5, 3), 9), id(9, 0));
+        assert_eq!(next_id(id(9, 3), 9), id(9, 4));
+        assert_eq!(next_id(id(9, 3), 2), id(9, 4));
+        assert_eq!(next_id(id(9, MAX_SEQ), 2), id(10, 0));
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_stores_once_within_its_window() {
+        let store = memory(10, MINUTE);
+        let rooms = rooms(&["a", "b"]);
+        let first = store.append("/", &rooms, keyed(&args(1), "k", MINUTE)).await.unwrap();
+        assert!(first.fresh);
+        let again = store.append("/", &rooms, keyed(&args(2), "k", MINUTE)).await.unwrap();
+        assert_eq!(again, Appended { nid: first.nid, fresh: false });
+        let other = store.append("/", &rooms, keyed(&args(3), "other", MINUTE)).await.unwrap();
+        assert!(other.fresh && other.nid > first.nid);
+        let read: Vec<Args> = merged_range(&store, "/", &rooms, None).await.unwrap().into_iter().map(|e| e.args).collect();
+        assert_eq!(read, vec![args(1), args(3)]);
+        // Appends and claim_key share one key space, as in Redis.
+        assert_eq!(store.claim_key("k", "x", MINUTE).await.unwrap(), Some(first.nid.to_string()));
+
+        let short = Duration::from_millis(50);
+        let kept = store.append("/", &rooms, keyed(&args(4), "brief", short)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let later = store.append("/", &rooms, keyed(&args(5), "brief", short)).await.unwrap();
+        assert!(later.fresh && later.nid > kept.nid);
+        assert_eq!(merged_range(&store, "/", &rooms, None).await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn expired_keys_are_purged() {
+        let store = memory(10, MINUTE);
+        for n in 0..10 {
+            store.claim_key(&format!("k{n}"), "v", Duration::ZERO).await.unwrap();
+        }
+        store.claim_key("last", "v", MINUTE).await.unwrap();
+        let keys: Vec<String> = store
+            .lock()
+            .conn
+            .prepare("SELECT key FROM idempotency_keys")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(keys, vec!["last".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn claim_key_keeps_the_first_value_until_it_expires() {
+        let store = memory(10, MINUTE);
+        assert_eq!(store.claim_key("k", "first", MINUTE).await.unwrap(), None);
+        assert_eq!(store.claim_key("k", "second", MINUTE).await.unwrap(), Some("first".into()));
+        assert_eq!(store.claim_key("k", "third", MINUTE).await.unwrap(), Some("first".into()));
+        assert_eq!(store.claim_key("brief", "first", Duration::from_millis(30)).await.unwrap(), None);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(store.claim_key("brief", "second", MINUTE).await.unwrap(), None);
+        assert_eq!(store.claim_key("brief", "third", MINUTE).await.unwrap(), Some("second".into()));
+    }
+
+    #[tokio::test]
+    async fn read_marks_only_move_forward() {
+        let store = memory(10, MINUTE);
+        assert_eq!(store.read_state("1").await.unwrap(), ReadState::default());
+        store.mark_read("1", &[id(7, 0), id(2, 0)], Some(id(4, 0))).await.unwrap();
+        let state = store.read_state("1").await.unwrap();
+        assert_eq!(state, ReadState { up_to: Some(id(4, 0)), ids: vec![id(7, 0)] });
+        store.mark_read("1", &[id(9, 0), id(3, 0), id(6, 0)], Some(id(1, 0))).await.unwrap();
+        let state = store.read_state("1").await.unwrap();
+        assert_eq!(state, ReadState { up_to: Some(id(4, 0)), ids: vec![id(6, 0), id(7, 0), id(9, 0)] });
+        store.mark_read("1", &[], Some(id(7, u64::MAX))).await.unwrap();
+        let state = store.read_state("1").await.unwrap();
+        assert_eq!(state, ReadState { up_to: Some(id(7, u64::MAX)), ids: vec![id(9, 0)] });
+        store.mark_read("2", &[id(3, 1), id(3, 0), id(10, 0)], None).await.unwrap();
+        assert_eq!(store.read_state("2").await.unwrap(), ReadState { up_to: None, ids: vec![id(3, 0), id(3, 1), id(10, 0)] });
+    }
+
+    #[tokio::test]
+    async fn user_rooms_are_replaced() {
+        let store = memory(10, MINUTE);
+        assert_eq!(store.user_rooms("1").await.unwrap(), Vec::<String>::new());
+        store.set_user_rooms("1", &rooms(&["user_1", "role_a"])).await.unwrap();
+        store.set_user_rooms("1", &rooms(&["user_1"])).await.unwrap();
+        store.set_user_rooms("2", &[]).await.unwrap();
+        assert_eq!(store.user_rooms("1").await.unwrap(), rooms(&["user_1"]));
+        assert_eq!(store.user_rooms("2").await.unwrap(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn sessions_lifecycle() {
+        let store = memory(10, MINUTE);
+        let session = |node: &str, sockets, since| NodeSession { node: node.into(), sockets, since };
+        assert_eq!(store.sessions("u").await.unwrap(), Sessions::default());
+        store.set_sessions("u", NODE, 1, id(10, 0)).await.unwrap();
+        // Another socket there: the count moves, `since` stays the first one.
+        store.set_sessions("u", NODE, 2, id(20, 0)).await.unwrap();
+        store.set_sessions("u", "node-b", 1, id(30, 0)).await.unwrap();
+        store.set_sessions("v", NODE, 1, id(99, 0)).await.unwrap();
+        let sessions = store.sessions("u").await.unwrap();
+        assert_eq!(sessions, Sessions { seen: None, nodes: vec![session(NODE, 2, id(10, 0)), session("node-b", 1, id(30, 0))] });
+
+        // Ending takes the largest of the seen mark, the row's `since` and the mark given.
+        store.end_sessions("u", &[(NODE.to_string(), id(5, 0))]).await.unwrap();
+        let sessions = store.sessions("u").await.unwrap();
+        assert_eq!(sessions, Sessions { seen: Some(id(10, 0)), nodes: vec![session("node-b", 1, id(30, 0))] });
+        store.end_sessions("u", &[("node-b".to_string(), id(40, u64::MAX))]).await.unwrap();
+        assert_eq!(store.sessions("u").await.unwrap(), Sessions { seen: Some(id(40, u64::MAX)), nodes: vec![] });
+        // Without a row, the mark alone counts, and only forward.
+        store.end_sessions("u", &[("gone".to_string(), id(40, 3))]).await.unwrap();
+        assert_eq!(store.sessions("u").await.unwrap().seen, Some(id(40, u64::MAX)));
+        store.end_sessions("u", &[("gone".to_string(), id(41, 0)), (NODE.to_string(), id(1, 0))]).await.unwrap();
+        assert_eq!(store.sessions("u").await.unwrap().seen, Some(id(41, 0)));
+        store.end_sessions("u", &[]).await.unwrap();
+        assert_eq!(store.sessions("u").await.unwrap().seen, Some(id(41, 0)));
+
+        // Back after all sockets went: a new `since`.
+        store.set_sessions("u", NODE, 1, id(50, 0)).await.unwrap();
+        assert_eq!(store.sessions("u").await.unwrap(), Sessions { seen: Some(id(41, 0)), nodes: vec![session(NODE, 1, id(50, 0))] });
+        assert_eq!(store.sessions("v").await.unwrap(), Sessions { seen: None, nodes: vec![session(NODE, 1, id(99, 0))] });
+    }
+
+    #[tokio::test]
+    async fn node_marks_alive_only_for_this_node_and_delivered_only_forward() {
+        let dir = TempDir::new();
+        let store = on_disk(&dir.db(), NODE);
+        let nodes = rooms(&[NODE, "node-b"]);
+        assert_eq!(store.node_marks(&nodes).await.unwrap(), vec![NodeMark { alive: true, delivered: None }, NodeMark::default()]);
+        store.write_node_mark(NODE, id(5, 0)).await.unwrap();
+        store.write_node_mark(NODE, id(3, 0)).await.unwrap();
+        assert_eq!(store.node_marks(&nodes).await.unwrap()[0], NodeMark { alive: true, delivered: Some(id(5, 0)) });
+        store.write_node_mark(NODE, id(5, u64::MAX)).await.unwrap();
+        store.write_node_mark(NODE, id(5, 7)).await.unwrap();
+        assert_eq!(store.node_marks(&nodes).await.unwrap()[0], NodeMark { alive: true, delivered: Some(id(5, u64::MAX)) });
+        assert_eq!(store.node_marks(&[]).await.unwrap(), vec![]);
+        drop(store);
+        // Restarted under another name: the old node is dead, and its mark is still there.
+        let store = on_disk(&dir.db(), "node-b");
+        assert_eq!(
+            store.node_marks(&nodes).await.unwrap(),
+            vec![NodeMark { alive: false, delivered: Some(id(5, u64::MAX)) }, NodeMark { alive: true, delivered: None }]
+        );
+    }
+
+    #[tokio::test]
+    async fn marks_past_sqlite_integers_compare_as_numbers() {
+        let store = memory(100, MINUTE);
+        let mut nids = Vec::new();
+        for n in 0..50 {
+            nids.push(store.append("/", &rooms(&["r"]), emit(&args(n))).await.unwrap().nid);
+        }
+        let first = nids[0];
+        let after = |mark| {
+            let store = &store;
+            async move { store.range("/", "r", Some(mark)).await.unwrap().into_iter().map(|e| e.nid).collect::<Vec<_>>() }
+        };
+        let later: Vec<StreamId> = nids.iter().copied().filter(|id| id.ms > first.ms).collect();
+        assert_eq!(after(id(first.ms, u64::MAX)).await, later);
+        assert_eq!(after(id(first.ms, i64::MAX as u64)).await, later);
+        assert_eq!(after(id(first.ms - 1, u64::MAX)).await, nids);
+        assert_eq!(after(id(u64::MAX, u64::MAX)).await, vec![]);
+        assert_eq!(after(id(i64::MAX as u64 + 1, 0)).await, vec![]);
+        assert_eq!(after(id(0, 0)).await, nids);
+
+        let big = [id(3, u64::MAX), id(3, u64::MAX - 1), id(u64::MAX, 0), id(4, 0)];
+        store.mark_read("u", &big, None).await.unwrap();
+        assert_eq!(store.read_state("u").await.unwrap().ids, vec![id(3, u64::MAX - 1), id(3, u64::MAX), id(4, 0), id(u64::MAX, 0)]);
+        store.mark_read("u", &[], Some(id(3, u64::MAX))).await.unwrap();
+        assert_eq!(store.read_state("u").await.unwrap(), ReadState { up_to: Some(id(3, u64::MAX)), ids: vec![id(4, 0), id(u64::MAX, 0)] });
+        store.set_sessions("u", NODE, u64::MAX, id(u64::MAX, u64::MAX)).await.unwrap();
+        let sessions = store.sessions("u").await.unwrap();
+        assert_eq!(sessions.nodes[0].since, id(u64::MAX, u64::MAX));
+        store.end_sessions("u", &[(NODE.to_string(), id(1, 0))]).await.unwrap();
+        assert_eq!(store.sessions("u").await.unwrap().seen, Some(id(u64::MAX, u64::MAX)));
+    }
+
+    #[tokio::test]
+    async fn unreadable_entries_are_skipped() {
+        let store = memory(10, MINUTE);
+        for n in 1..=3 {
+            store.append("/", &rooms(&["r"]), emit(&args(n))).await.unwrap();
+        }
+        let ids = stored_ids(&store, "r").0;
+        {
+            let guard = store.lock();
+            let damage = |sql: &str, id: StreamId| guard.conn.execute(sql, [id.ms as i64, id.seq as i64]).unwrap();
+            damage("UPDATE entries SET args = '{not json' WHERE ms = ?1 AND seq = ?2", ids[0]);
+            damage("UPDATE entries SET nid = 'nid?' WHERE ms = ?1 AND seq = ?2", ids[1]);
+        }
+        let read: Vec<Args> = store.range("/", "r", None).await.unwrap().into_iter().map(|e| e.args).collect();
+        assert_eq!(read, vec![args(3)]);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_everything() {
+        let dir = TempDir::new();
+        let store = on_disk(&dir.db(), NODE);
+        let rooms = rooms(&["user_1", "role_a"]);
+        let blob = Args(vec![Value::Binary(vec![0u8, 1, 255].into()), Value::String("x".into())]);
+        let first = store.append("/", &rooms, keyed(&args(1), "k", MINUTE)).await.unwrap().nid;
+        let second = store.append("/admin", &rooms[..1], Stored { event: "other", ..emit(&blob) }).await.unwrap().nid;
+        store.claim_key("claimed", "value", MINUTE).await.unwrap();
+        store.set_sessions("1", NODE, 2, id(10, 0)).await.unwrap();
+        store.set_sessions("2", NODE, 1, id(11, 0)).await.unwrap();
+        store.end_sessions("2", &[(NODE.to_string(), id(12, 3))]).await.unwrap();
+        store.write_node_mark(NODE, id(13, 0)).await.unwrap();
+        store.set_user_rooms("1", &rooms).await.unwrap();
+        store.mark_read("1", &[id(20, 0)], Some(id(14, 0))).await.unwrap();
+        drop(store);
+
+        let store = on_disk(&dir.db(), "node-b");
+        let entries = merged_range(&store, "/", &rooms, None).await.unwrap();
+        assert_eq!(entries, vec![Entry { nid: first, event: "notification".into(), args: args(1) }]);
+        assert_eq!(store.range("/admin", "user_1", None).await.unwrap(), vec![Entry { nid: second, event: "other".into(), args: blob }]);
+        assert_eq!(store.append("/", &rooms, keyed(&args(2), "k", MINUTE)).await.unwrap(), Appended { nid: first, fresh: false });
+        assert_eq!(store.claim_key("claimed", "again", MINUTE).await.unwrap(), Some("value".into()));
+        let sessions = store.sessions("1").await.unwrap();
+        assert_eq!(sessions, Sessions { seen: None, nodes: vec![NodeSession { node: NODE.into(), sockets: 2, since: id(10, 0) }] });
+        assert_eq!(store.sessions("2").await.unwrap(), Sessions { seen: Some(id(12, 3)), nodes: vec![] });
+        assert_eq!(store.node_marks(&[NODE.to_string()]).await.unwrap(), vec![NodeMark { alive: false, delivered: Some(id(13, 0)) }]);
+        assert_eq!(store.user_rooms("1").await.unwrap(), rooms);
+        assert_eq!(store.read_state("1").await.unwrap(), ReadState { up_to: Some(id(14, 0)), ids: vec![id(20, 0)] });
+        assert!(store.append("/", &rooms, emit(&args(3))).await.unwrap().nid > second);
+    }
+
+    /// Run in a child process by `a_killed_process_loses_nothing`: stores, then dies without
+    /// closing anything, as under `kill -9`.
+    #[tokio::test]
+    async fn killed_child() {
+        let Some(dir) = std::env::var_os("HERALD_SQLITE_KILLED_CHILD") else { return };
+        let store = on_disk(&Path::new(&dir).join("herald.db"), NODE);
+        for n in 0..100 {
+            store.append("/", &rooms(&["r"]), keyed(&args(n), &format!("k{n}"), MINUTE)).await.unwrap();
+        }
+        store.set_sessions("u", NODE, 1, id(5, 0)).await.unwrap();
+        store.end_sessions("v", &[(NODE.to_string(), id(7, 0))]).await.unwrap();
+        store.mark_read("u", &[id(9, 0)], Some(id(8, 0))).await.unwrap();
+        store.write_node_mark(NODE, id(6, 0)).await.unwrap();
+        std::process::abort();
+    }
+
+    #[test]
+    fn a_killed_process_loses_nothing() {
+        let dir = TempDir::new();
+        let path = module_path!().split_once("::").map_or(module_path!(), |(_, path)| path);
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([&format!("{path}::killed_child"), "--exact", "--test-threads=1"])
+            .env("HERALD_SQLITE_KILLED_CHILD", &dir.0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child ran to its end: {status}");
+        // Not closed: what it stored is in the WAL, not yet in the database file.
+        assert!(dir.0.join("herald.db-wal").exists());
+        let store = on_disk(&dir.db(), NODE);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let kept: Vec<Args> = rt.block_on(store.range("/", "r", None)).unwrap().into_iter().map(|e| e.args).collect();
+        assert_eq!(kept, (90..100).map(args).collect::<Vec<_>>());
+        assert!(!rt.block_on(store.append("/", &rooms(&["r"]), keyed(&args(0), "k99", MINUTE))).unwrap().fresh);
+        let sessions = rt.block_on(store.sessions("u")).unwrap();
+        assert_eq!(sessions.nodes, vec![NodeSession { node: NODE.into(), sockets: 1, since: id(5, 0) }]);
+        assert_eq!(rt.block_on(store.sessions("v")).unwrap().seen, Some(id(7, 0)));
+        assert_eq!(rt.block_on(store.read_state("u")).unwrap(), ReadState { up_to: Some(id(8, 0)), ids: vec![id(9, 0)] });
+        assert_eq!(rt.block_on(store.node_marks(&[NODE.to_string()])).unwrap()[0].delivered, Some(id(6, 0)));
+    }
+
+    #[tokio::test]
+    async fn a_database_that_is_damaged_or_not_herald_s_is_refused() {
+        let dir = TempDir::new();
+        // Random bytes.
+        let path = dir.0.join("random.db");
+        let bytes: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let e = refused(SqliteStore::open(Some(&path), NODE, 10, MINUTE));
+        assert!(e.contains("random.db is not a usable Herald database"), "{e}");
+
+        // A Herald database whose pages were overwritten.
+        let path = dir.db();
+        let store = on_disk(&path, NODE);
+        for n in 0..200 {
+            store.append("/", &rooms(&["a", "b", "c"]), emit(&args(n))).await.unwrap();
+        }
+        drop(store);
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.len() > 16 * 4096, "{}", bytes.len());
+        for (i, byte) in bytes.iter_mut().enumerate().skip(4096) {
+            *byte = (i % 251) as u8;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let e = refused(SqliteStore::open(Some(&path), NODE, 10, MINUTE));
+        assert!(e.contains("herald.db is not a usable Herald database"), "{e}");
+
+        // Another program's database.
+        let path = dir.0.join("other.db");
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE things (x); INSERT INTO things VALUES (1);").unwrap();
+        let e = refused(SqliteStore::open(Some(&path), NODE, 10, MINUTE));
+        assert!(e.contains("other.db is not a usable Herald database: it is a SQLite database of something else"), "{e}");
+
+        // A newer Herald's.
+        let path = dir.0.join("newer.db");
+        drop(on_disk(&path, NODE));
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        let e = refused(SqliteStore::open(Some(&path), NODE, 10, MINUTE));
+        assert!(e.contains("newer.db is not a usable Herald database: it was written by a newer Herald"), "{e}");
+
+        // An empty file is an empty database.
+        let path = dir.0.join("empty.db");
+        std::fs::write(&path, b"").unwrap();
+        let store = on_disk(&path, NODE);
+        assert!(store.append("/", &rooms(&["r"]), emit(&args(1))).await.unwrap().fresh);
+    }
+
+    #[test]
+    fn a_path_that_cannot_be_written_is_refused() {
+        let dir = TempDir::new();
+        let missing = dir.0.join("missing").join("herald.db");
+        let e = refused(SqliteStore::open(Some(&missing), NODE, 10, MINUTE));
+        assert!(e.contains("cannot open") && e.contains("missing"), "{e}");
+        let e = refused(SqliteStore::open(Some(&dir.0), NODE, 10, MINUTE));
+        assert!(e.contains(&dir.0.display().to_string()), "{e}");
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let read_only = dir.0.join("read-only");
+            std::fs::create_dir(&read_only).unwrap();
+            std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o555)).unwrap();
+            // Root writes anyway: nothing to check then.
+            if std::fs::write(read_only.join("probe"), b"").is_err() {
+                let e = refused(SqliteStore::open(Some(&read_only.join("herald.db")), NODE, 10, MINUTE));
+                assert!(e.contains("read-only"), "{e}");
+            }
+            std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_file_is_refused() {
+        let dir = TempDir::new();
+        let store = on_disk(&dir.db(), NODE);
+        let e = refused(SqliteStore::open(Some(&dir.db()), "node-b", 10, MINUTE));
+        assert!(e.contains("in use by another process"), "{e}");
+        drop(store);
+        drop(on_disk(&dir.db(), "node-b"));
+    }
+}
