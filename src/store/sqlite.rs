@@ -1250,3 +1250,104 @@ mod tests {
         drop(on_disk(&dir.db(), "node-b"));
     }
 }
+
+/// A measurement, not a check: `cargo test --release --lib store::sqlite::bench -- --ignored --nocapture`.
+#[cfg(test)]
+mod bench {
+    use std::time::Instant;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::payload::{Args, Value};
+
+    const ROOMS: usize = 100;
+    const ROUNDS: usize = 5;
+
+    fn ready<T>(future: BoxFuture<'_, T>) -> T {
+        future.now_or_never().expect("the store answers synchronously")
+    }
+
+    fn payload() -> Args {
+        Args::one(Value::Object(vec![
+            ("title".into(), Value::String("A notification of a typical size".into())),
+            ("body".into(), Value::String("x".repeat(120))),
+            ("n".into(), Value::Int(42)),
+        ]))
+    }
+
+    fn emit(args: &Args) -> Stored<'_> {
+        Stored { event: "notification", args, dedup: None, nid: None, idempotency: None, relay: None }
+    }
+
+    /// Microseconds per call of `f`, `n` calls a round: the best and the median round.
+    fn measure(what: &str, n: usize, mut f: impl FnMut(usize)) {
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        let mut i = 0;
+        for _ in 0..ROUNDS {
+            let started = Instant::now();
+            for _ in 0..n {
+                f(i);
+                i += 1;
+            }
+            rounds.push(started.elapsed().as_secs_f64() * 1e6 / n as f64);
+        }
+        rounds.sort_by(f64::total_cmp);
+        println!("{what:<44} best {:>9.2} µs   median {:>9.2} µs", rounds[0], rounds[ROUNDS / 2]);
+    }
+
+    fn run(label: &str, store: &SqliteStore, max_len: usize) {
+        let args = payload();
+        let rooms: Vec<Vec<String>> = (0..ROOMS).map(|n| vec![format!("user_{n}")]).collect();
+        // Full streams: every append trims one entry, as in a long run.
+        for _ in 0..max_len {
+            for room in &rooms {
+                ready(store.append("/", room, emit(&args))).unwrap();
+            }
+        }
+        measure(&format!("{label}: append to 1 room"), 1000, |i| {
+            ready(store.append("/", &rooms[i % ROOMS], emit(&args))).unwrap();
+        });
+        measure(&format!("{label}: 100 appends of 1 room (a batch)"), 10, |_| {
+            let mut nid = None;
+            for room in &rooms {
+                let appended = ready(store.append("/", room, Stored { nid, ..emit(&args) })).unwrap();
+                nid = Some(appended.nid);
+            }
+        });
+        let all: Vec<String> = rooms.iter().map(|r| r[0].clone()).collect();
+        measure(&format!("{label}: 1 append to 100 rooms"), 10, |_| {
+            ready(store.append("/", &all, emit(&args))).unwrap();
+        });
+        let node = "node-a".to_string();
+        measure(&format!("{label}: sessions + set + end"), 1000, |i| {
+            let user = format!("u{}", i % 1000);
+            let sessions = ready(store.sessions(&user)).unwrap();
+            let since = sessions.seen.unwrap_or_default();
+            ready(store.set_sessions(&user, &node, 1, since)).unwrap();
+            ready(store.end_sessions(&user, &[(node.clone(), StreamId::new(now_ms(), 0))])).unwrap();
+        });
+        measure(&format!("{label}: set_user_rooms (unchanged)"), 1000, |i| {
+            let user = format!("u{}", i % 1000);
+            ready(store.set_user_rooms(&user, &rooms[i % ROOMS])).unwrap();
+        });
+        measure(&format!("{label}: range of a full stream"), 200, |i| {
+            assert_eq!(ready(store.range("/", &rooms[i % ROOMS][0], None)).unwrap().len(), max_len);
+        });
+    }
+
+    #[test]
+    #[ignore]
+    fn bench() {
+        let max_len = 50;
+        let max_age = Duration::from_secs(7 * 24 * 3600);
+        let dir = std::env::temp_dir().join(format!("herald-sqlite-bench-{}-{}", std::process::id(), now_ms()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(Some(&dir.join("herald.db")), "node-a", max_len, max_age).unwrap();
+        run("disk", &store, max_len);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(None, "node-a", max_len, max_age).unwrap();
+        run("memory", &store, max_len);
+    }
+}
