@@ -28,12 +28,13 @@
 //! noticed meanwhile, the new one is sent what was stored between that loss's mark and its own
 //! connect ([`LateReplay`]): twice rather than never, within the documented window.
 //!
-//! A user's session writes on this instance are serialized (by a lock among [`SHARDS`], chosen by
-//! user), and each writes the count this instance has at that moment, so a socket that goes away
-//! while its connect is still being handled never leaves an entry behind. Writes that fail (a
-//! Redis outage) are kept and retried with every flush.
+//! Session writes do not wait on the store: they join a queue, in order, each with the count
+//! this instance has at that moment (so a socket that goes away while its connect is still being
+//! handled never leaves an entry behind), and the queue is written every [`WRITE_EVERY`] in one
+//! transaction or pipeline. Writes that fail (a Redis outage) stay queued, folded to each user's
+//! last state, and are retried.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ use crate::cluster::redis_state::RedisState;
 use crate::delivery::{stamp_id, Delivery};
 use crate::limits::ConnectionCounts;
 use crate::notification::now_ms;
-use crate::store::{merged_range, Store, StreamId};
+use crate::store::{merged_range, SessionWrite, Store, StreamId};
 
 /// How often the delivered mark is written and failed writes are retried.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -56,8 +57,8 @@ pub const IN_FLIGHT: Duration = Duration::from_secs(1);
 /// The same in the embedded default, where a notification is stored and applied in one call.
 pub const IN_FLIGHT_EMBEDDED: Duration = Duration::from_millis(100);
 
-/// How many locks serialize session writes (one user always takes the same one).
-const SHARDS: usize = 64;
+/// How often queued session writes go to the store.
+pub const WRITE_EVERY: Duration = Duration::from_millis(20);
 
 pub struct SeenMarks {
     store: Arc<dyn Store>,
@@ -67,17 +68,16 @@ pub struct SeenMarks {
     /// Cluster mode: the relay is only known to have delivered everything while Redis is up.
     redis: std::sync::Mutex<Option<watch::Receiver<RedisState>>>,
     book: std::sync::Mutex<Book>,
-    shards: Vec<Mutex<()>>,
+    /// Serializes writers of the queue (the periodic writer, and callers that flush).
+    writing: Mutex<()>,
 }
 
 #[derive(Default)]
 struct Book {
     /// Users with sockets here: how many, and the `since` of their session entry.
     here: HashMap<String, (usize, StreamId)>,
-    /// Users whose session entry could not be written: rewritten with the next flush.
-    dirty: HashSet<String>,
-    /// Sessions that ended here but could not be written yet: user → mark.
-    ended: HashMap<String, StreamId>,
+    /// Session writes not written yet, in order.
+    queue: Vec<SessionWrite>,
     /// Since when (unix ms) Redis has been up without a break, as far as flushes saw.
     up_since: Option<u64>,
     /// The last flush failed: the next failure is not logged again (an outage logs once).
@@ -130,21 +130,21 @@ pub enum OtherTabs {
 
 impl SeenMarks {
     pub fn new(store: Arc<dyn Store>, node_id: &str, heartbeat_window: Duration, redis: Option<watch::Receiver<RedisState>>) -> SeenMarks {
-        let shards = (0..SHARDS).map(|_| Mutex::new(())).collect();
         let in_flight = if redis.is_some() { IN_FLIGHT } else { IN_FLIGHT_EMBEDDED };
         let redis = std::sync::Mutex::new(redis);
-        SeenMarks { store, node_id: node_id.to_string(), heartbeat_window, in_flight, redis, book: Default::default(), shards }
+        SeenMarks {
+            store,
+            node_id: node_id.to_string(),
+            heartbeat_window,
+            in_flight,
+            redis,
+            book: Default::default(),
+            writing: Mutex::new(()),
+        }
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn shard(&self, user: &str) -> &Mutex<()> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        user.hash(&mut hasher);
-        &self.shards[hasher.finish() as usize % SHARDS]
     }
 
     /// Where replay starts for an unchanged client of `user` connecting here.
@@ -159,9 +159,15 @@ impl SeenMarks {
                 return Cursor::From(None);
             }
         };
+        // A session of the user that ended here moments ago may still wait in the queue.
+        let queued = self.book().queue.iter().fold(None, |seen: Option<StreamId>, write| match write {
+            SessionWrite::End { user: u, mark, .. } if u == user => seen.max(Some(*mark)),
+            _ => seen,
+        });
+        let seen = sessions.seen.max(queued);
         let elsewhere: Vec<_> = sessions.nodes.iter().filter(|n| n.node != self.node_id).collect();
         if elsewhere.is_empty() {
-            return Cursor::From(sessions.seen);
+            return Cursor::From(seen);
         }
         let names: Vec<String> = elsewhere.iter().map(|n| n.node.clone()).collect();
         let marks = match self.store.node_marks(&names).await {
@@ -171,7 +177,7 @@ impl SeenMarks {
                 return Cursor::From(None);
             }
         };
-        let mut cursor = sessions.seen;
+        let mut cursor = seen;
         let mut dead = Vec::new();
         for (session, mark) in elsewhere.iter().zip(marks) {
             if mark.alive {
@@ -184,8 +190,9 @@ impl SeenMarks {
             cursor = cursor.max(Some(stood));
             dead.push((session.node.clone(), stood));
         }
-        if let Err(e) = self.store.end_sessions(user, &dead).await {
-            tracing::debug!(error = %e, user, "sessions of dead instances not folded; folded on a later connect");
+        if !dead.is_empty() {
+            let mut book = self.book();
+            book.queue.extend(dead.into_iter().map(|(node, mark)| SessionWrite::End { user: user.to_string(), node, mark }));
         }
         Cursor::From(cursor)
     }
@@ -215,20 +222,16 @@ impl SeenMarks {
 
     /// A socket of `user` connected here (and was counted in `counts`); everything up to
     /// `since` had reached the user.
-    pub async fn connected(&self, user: &str, counts: &ConnectionCounts, since: StreamId) {
-        let _serial = self.shard(user).lock().await;
+    pub fn connected(&self, user: &str, counts: &ConnectionCounts, since: StreamId) {
+        let mut book = self.book();
         let sockets = counts.of_user(user);
         if sockets == 0 {
-            return; // it went away already, and its disconnect wrote what was left
+            return; // it went away already, and its disconnect queued what was left
         }
-        let since = {
-            let mut book = self.book();
-            book.ended.remove(user);
-            let entry = book.here.entry(user.to_string()).or_insert((sockets, since));
-            entry.0 = sockets;
-            entry.1
-        };
-        self.write_sessions(user, sockets, since).await;
+        let entry = book.here.entry(user.to_string()).or_insert((sockets, since));
+        entry.0 = sockets;
+        let since = entry.1;
+        book.queue.push(SessionWrite::Set { user: user.to_string(), node: self.node_id.clone(), sockets: sockets as u64, since });
     }
 
     /// A socket of `user` went away (and was uncounted from `counts`). `clean`: the client or
@@ -236,39 +239,43 @@ impl SeenMarks {
     ///
     /// Returns what watched sockets of the user here are to be sent, when this was a lost
     /// socket that they may have replaced.
-    pub async fn disconnected(&self, user: &str, counts: &ConnectionCounts, clean: bool) -> Vec<LateReplay> {
-        let _serial = self.shard(user).lock().await;
+    pub fn disconnected(&self, user: &str, counts: &ConnectionCounts, clean: bool) -> Vec<LateReplay> {
+        let mut book = self.book();
         let sockets = counts.of_user(user);
         if sockets > 0 {
-            let (since, late) = {
-                let mut book = self.book();
-                let late = if clean {
-                    vec![]
-                } else {
-                    self.take_late(user, StreamId::lagging(self.heartbeat_window.as_millis() as u64), &mut book)
-                };
-                let Some(entry) = book.here.get_mut(user) else { return late };
+            let late =
+                if clean { vec![] } else { self.take_late(user, StreamId::lagging(self.heartbeat_window.as_millis() as u64), &mut book) };
+            if let Some(entry) = book.here.get_mut(user) {
                 entry.0 = sockets;
-                (entry.1, late)
-            };
-            self.write_sessions(user, sockets, since).await;
+                let since = entry.1;
+                book.queue.push(SessionWrite::Set { user: user.to_string(), node: self.node_id.clone(), sockets: sockets as u64, since });
+            }
             return late;
         }
         let lag = if clean { self.in_flight } else { self.heartbeat_window };
-        let since = {
-            let mut book = self.book();
-            book.dirty.remove(user);
-            book.here.remove(user).map(|(_, since)| since)
-        };
+        let since = book.here.remove(user).map(|(_, since)| since);
+        book.watches.remove(user);
         let mark = StreamId::lagging(lag.as_millis() as u64).max(since.unwrap_or_default());
-        self.book().watches.remove(user);
-        if let Err(e) = self.store.end_sessions(user, &[(self.node_id.clone(), mark)]).await {
-            tracing::debug!(error = %e, user, "seen mark not written; retried with the next flush");
-            let mut book = self.book();
-            let queued = book.ended.entry(user.to_string()).or_insert(mark);
-            *queued = (*queued).max(mark);
-        }
+        book.queue.push(SessionWrite::End { user: user.to_string(), node: self.node_id.clone(), mark });
         vec![]
+    }
+
+    /// Writes the queued session writes, in order; on failure they stay queued, folded.
+    pub async fn write_queue(&self) -> Result<(), crate::store::StoreError> {
+        let _writing = self.writing.lock().await;
+        let batch = std::mem::take(&mut self.book().queue);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let result = self.store.write_sessions(&batch).await;
+        if result.is_err() {
+            let mut book = self.book();
+            let newer = std::mem::take(&mut book.queue);
+            let mut all = batch;
+            all.extend(newer);
+            book.queue = fold(all);
+        }
+        result
     }
 
     /// Checks watched users online on other instances: when those sessions ended (the other
@@ -313,13 +320,6 @@ impl SeenMarks {
         late
     }
 
-    async fn write_sessions(&self, user: &str, sockets: usize, since: StreamId) {
-        if let Err(e) = self.store.set_sessions(user, &self.node_id, sockets as u64, since).await {
-            tracing::debug!(error = %e, user, "session not recorded; retried with the next flush");
-            self.book().dirty.insert(user.to_string());
-        }
-    }
-
     /// Writes this instance's delivered mark and retries what failed.
     async fn flush(&self) {
         let now = now_ms();
@@ -345,25 +345,8 @@ impl SeenMarks {
                 failed = Some(e);
             }
         }
-        let dirty: Vec<String> = std::mem::take(&mut self.book().dirty).into_iter().collect();
-        for user in dirty {
-            let _serial = self.shard(&user).lock().await;
-            let Some((sockets, since)) = self.book().here.get(&user).copied() else { continue };
-            if let Err(e) = self.store.set_sessions(&user, &self.node_id, sockets as u64, since).await {
-                failed.get_or_insert(e);
-                self.book().dirty.insert(user);
-            }
-        }
-        let ended: Vec<(String, StreamId)> = self.book().ended.drain().collect();
-        for (user, mark) in ended {
-            let _serial = self.shard(&user).lock().await;
-            if self.book().here.contains_key(&user) {
-                continue; // back here since: the entry is the live one
-            }
-            if let Err(e) = self.store.end_sessions(&user, &[(self.node_id.clone(), mark)]).await {
-                failed.get_or_insert(e);
-                self.book().ended.insert(user, mark);
-            }
+        if let Err(e) = self.write_queue().await {
+            failed.get_or_insert(e);
         }
         let mut book = self.book();
         match failed {
@@ -378,18 +361,61 @@ impl SeenMarks {
     }
 }
 
-/// Flushes the marks every [`FLUSH_EVERY`], and sends watched sockets what they turn out to
-/// have missed, for as long as the server runs.
+/// Writes queued session writes every [`WRITE_EVERY`]; flushes the marks every [`FLUSH_EVERY`],
+/// and sends watched sockets what they turn out to have missed, for as long as the server runs.
 pub async fn keep_marks(seen: Arc<SeenMarks>, delivery: Delivery) {
-    let mut ticker = tokio::time::interval(FLUSH_EVERY);
+    let mut ticker = tokio::time::interval(WRITE_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_flush = std::time::Instant::now();
     loop {
         ticker.tick().await;
-        seen.flush().await;
-        for late in seen.check_watches().await {
-            send_late(&delivery, &late).await;
+        if last_flush.elapsed() >= FLUSH_EVERY {
+            last_flush = std::time::Instant::now();
+            seen.flush().await;
+            for late in seen.check_watches().await {
+                send_late(&delivery, &late).await;
+            }
+        } else if !seen.book().failing {
+            // While the store fails, the queue waits for the next flush (logged once there).
+            let _ = seen.write_queue().await;
         }
     }
+}
+
+/// The same writes, shortened to each user's end state on each node: for a user whose
+/// sessions went away (and maybe came back), one `End` with the largest mark, then the last `Set`.
+fn fold(writes: Vec<SessionWrite>) -> Vec<SessionWrite> {
+    let mut ends: HashMap<(String, String), StreamId> = HashMap::new();
+    let mut sets: HashMap<(String, String), SessionWrite> = HashMap::new();
+    let mut order: Vec<(String, String)> = Vec::new();
+    for write in writes {
+        let key = match &write {
+            SessionWrite::Set { user, node, .. } | SessionWrite::End { user, node, .. } => (user.clone(), node.clone()),
+        };
+        if !ends.contains_key(&key) && !sets.contains_key(&key) {
+            order.push(key.clone());
+        }
+        match write {
+            SessionWrite::End { mark, .. } => {
+                let end = ends.entry(key.clone()).or_insert(mark);
+                *end = (*end).max(mark);
+                sets.remove(&key);
+            }
+            set => {
+                sets.insert(key, set);
+            }
+        }
+    }
+    let mut folded = Vec::new();
+    for key in order {
+        if let Some(mark) = ends.remove(&key) {
+            folded.push(SessionWrite::End { user: key.0.clone(), node: key.1.clone(), mark });
+        }
+        if let Some(set) = sets.remove(&key) {
+            folded.push(set);
+        }
+    }
+    folded
 }
 
 /// Sends a watched socket what it turns out to have missed (see [`LateReplay`]).
@@ -411,5 +437,42 @@ pub async fn send_late(delivery: &Delivery, late: &LateReplay) {
     if sent > 0 {
         delivery.metrics().add("herald_replayed_total", &[], sent);
         tracing::debug!(sid = late.sid, user = late.user, sent, "late replay after another socket of the user was lost");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(user: &str, sockets: u64) -> SessionWrite {
+        SessionWrite::Set { user: user.into(), node: "n".into(), sockets, since: StreamId::new(1, 0) }
+    }
+
+    fn end(user: &str, ms: u64) -> SessionWrite {
+        SessionWrite::End { user: user.into(), node: "n".into(), mark: StreamId::new(ms, 0) }
+    }
+
+    #[test]
+    fn failed_writes_fold_to_each_users_end_state() {
+        let folded = fold(vec![set("a", 1), set("b", 1), set("a", 2), end("b", 5), end("a", 7), set("a", 1), end("b", 3)]);
+        // a: went away (mark 7) and came back with one socket; b: gone, with the larger mark.
+        assert_eq!(folded, vec![end("a", 7), set("a", 1), end("b", 5)]);
+        assert_eq!(fold(vec![set("c", 1), set("c", 3)]), vec![set("c", 3)]);
+    }
+
+    #[tokio::test]
+    async fn a_socket_gone_before_its_connect_is_recorded_leaves_no_entry() {
+        let store: Arc<dyn Store> = Arc::new(crate::store::sqlite::SqliteStore::open(None, "n", 10, Duration::from_secs(60)).unwrap());
+        let seen = SeenMarks::new(store.clone(), "n", Duration::from_secs(45), None);
+        let counts = ConnectionCounts::default();
+        let limits = crate::configuration::LimitSettings::default();
+        counts.try_add(Some("u"), &limits).unwrap();
+        counts.remove(Some("u"));
+        assert!(seen.disconnected("u", &counts, true).is_empty());
+        seen.connected("u", &counts, StreamId::new(1, 0)); // its connect handler finishes late
+        seen.write_queue().await.unwrap();
+        let sessions = store.sessions("u").await.unwrap();
+        assert!(sessions.nodes.is_empty(), "{sessions:?}");
+        assert!(sessions.seen.is_some(), "the clean disconnect's mark is written");
     }
 }

@@ -473,6 +473,7 @@ async fn a_client_back_before_its_lost_connection_is_noticed_still_gets_what_it_
     }
     for (user, back_on) in [("36", &b), ("37", &a)] {
         let dead = client(&a, user).await; // reads nothing from here on, so answers no ping
+        tokio::time::sleep(Duration::from_millis(300)).await; // it was connected for a while
         let gap = a.post("/api/v1/notify", json!({ "to": { "user": user }, "type": "t", "message": "to the dead socket" })).await.1;
         // The client is back (elsewhere, or on the same instance) before A notices the loss:
         // the user still looks online, so nothing is replayed at connect...

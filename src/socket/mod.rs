@@ -170,7 +170,7 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
     let read = replay(&state.delivery, &socket, joined, after, max_replay).await;
     // What had reached the user when this socket's session began (see `crate::seen`).
     let since = if read { joined_at } else { after.unwrap_or(joined_at) };
-    state.seen.connected(&identity.user_id, &state.connections, since).await;
+    state.seen.connected(&identity.user_id, &state.connections, since);
     if let Cursor::Online { elsewhere } = cursor {
         let late = LateReplay {
             user: identity.user_id.clone(),
@@ -228,7 +228,7 @@ async fn on_disconnect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, reas
             | DisconnectReason::ServerNSDisconnect
             | DisconnectReason::ClosingServer
     );
-    for late in state.seen.disconnected(&identity.user_id, &state.connections, clean).await {
+    for late in state.seen.disconnected(&identity.user_id, &state.connections, clean) {
         send_late(&state.delivery, &late).await;
     }
 }

@@ -159,6 +159,13 @@ pub struct NodeSession {
     pub since: StreamId,
 }
 
+/// One change to a user's session entries (see [`Store::set_sessions`], [`Store::end_sessions`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionWrite {
+    Set { user: String, node: String, sockets: u64, since: StreamId },
+    End { user: String, node: String, mark: StreamId },
+}
+
 /// What the store knows of an instance.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct NodeMark {
@@ -196,6 +203,19 @@ pub trait Store: Send + Sync + 'static {
     /// entries go, and the seen mark becomes the largest of itself, each entry's `since` and
     /// the given mark.
     fn end_sessions<'a>(&'a self, user: &'a str, nodes: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Applies `writes` in order (one transaction or round trip where the store can).
+    fn write_sessions<'a>(&'a self, writes: &'a [SessionWrite]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            for write in writes {
+                match write {
+                    SessionWrite::Set { user, node, sockets, since } => self.set_sessions(user, node, *sockets, *since).await?,
+                    SessionWrite::End { user, node, mark } => self.end_sessions(user, &[(node.clone(), *mark)]).await?,
+                }
+            }
+            Ok(())
+        })
+    }
 
     /// Liveness and delivered mark of each of `nodes`, in order.
     fn node_marks<'a>(&'a self, nodes: &'a [String]) -> BoxFuture<'a, Result<Vec<NodeMark>, StoreError>>;

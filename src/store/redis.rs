@@ -24,7 +24,7 @@ use tokio::sync::watch;
 
 use crate::cluster::redis_state::RedisState;
 
-use super::{Appended, Entry, NodeMark, NodeSession, ReadState, Sessions, Store, StoreError, Stored, StreamId};
+use super::{Appended, Entry, NodeMark, NodeSession, ReadState, SessionWrite, Sessions, Store, StoreError, Stored, StreamId};
 use crate::cluster::channels::{node_channel, RELAY_CHANNEL};
 use crate::notification::now_ms;
 use crate::payload::stored;
@@ -410,6 +410,32 @@ impl Store for RedisStore {
                 invocation.arg(node).arg(mark.to_string());
             }
             let _: i64 = self.invoke(&invocation).await?;
+            Ok(())
+        })
+    }
+
+    fn write_sessions<'a>(&'a self, writes: &'a [SessionWrite]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            // One round trip for the lot; EVAL with the script's text, as a pipeline cannot
+            // retry a NOSCRIPT.
+            for chunk in writes.chunks(500) {
+                let mut pipe = redis::pipe();
+                for write in chunk {
+                    match write {
+                        SessionWrite::Set { user, node, sockets, since } => {
+                            let key = sessions_key(user);
+                            pipe.cmd("HSET").arg(&key).arg(node).arg(*sockets).ignore();
+                            pipe.cmd("HSETNX").arg(&key).arg(format!("{node}{SINCE}")).arg(since.to_string()).ignore();
+                            pipe.cmd("PEXPIRE").arg(&key).arg(self.keep_ms()).ignore();
+                        }
+                        SessionWrite::End { user, node, mark } => {
+                            pipe.cmd("EVAL").arg(END_SESSIONS).arg(2).arg(sessions_key(user)).arg(seen_key(user));
+                            pipe.arg(SINCE).arg(self.keep_ms()).arg(node).arg(mark.to_string()).ignore();
+                        }
+                    }
+                }
+                self.query_pipe::<()>(&pipe).await?;
+            }
             Ok(())
         })
     }
