@@ -2,7 +2,9 @@
 # What the seen marks cost Redis: N connected sockets (one user each) on one Herald instance with
 # Redis, B stored broadcasts one second apart, then Redis's own command counts for the window.
 #
-#   bench/marks.sh [--conns 10000] [--broadcasts 20] [--herald PATH] [--out DIR]
+#   bench/marks.sh [--conns 10000] [--broadcasts 20] [--herald PATH] [--out DIR] [--legacy]
+#
+# --legacy: for a Herald from before `storage.*` existed (0.1), to compare with.
 #
 # Prints the Redis commands (and the keys written by them) per broadcast notification. Loopback
 # only; every process it starts is stopped at the end. Needs release builds of Herald
@@ -14,12 +16,14 @@ CONNS=10000
 BROADCASTS=20
 HERALD="$ROOT/target/release/herald"
 OUT="${TMPDIR:-/tmp}/herald-marks"
+LEGACY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --conns) CONNS="$2"; shift ;;
     --broadcasts) BROADCASTS="$2"; shift ;;
     --herald) HERALD="$2"; shift ;;
     --out) OUT="$2"; shift ;;
+    --legacy) LEGACY=1 ;;
     -h|--help) sed -n 2,9p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -40,7 +44,8 @@ PIDS+=($!)
 for _ in $(seq 50); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.1; done
 HP=$(free_port)
 env HERALD__SERVER__HOST=127.0.0.1 HERALD__SERVER__PORT="$HP" HERALD__AUTH__JWT_SECRET="$SECRET" HERALD__API__KEYS="$KEY" \
-  HERALD__REDIS__URL="redis://127.0.0.1:$RP/0" HERALD__STORAGE__DATA_DIR="$OUT/data" HERALD__LIMITS__MAX_CONNECTIONS=20000 \
+  HERALD__REDIS__URL="redis://127.0.0.1:$RP/0" HERALD__LIMITS__MAX_CONNECTIONS=20000 \
+  $([ "$LEGACY" = 1 ] || echo "HERALD__STORAGE__DATA_DIR=$OUT/data") \
   HERALD__LIMITS__CONNECTS_PER_IP_PER_MINUTE=0 RUST_LOG=warn "$HERALD" > "$OUT/herald.log" 2>&1 &
 HPID=$!; PIDS+=($HPID)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$HP/ready" >/dev/null 2>&1 && break; sleep 0.1; done
