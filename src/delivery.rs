@@ -348,9 +348,12 @@ impl Delivery {
             let label = if self.inner.persist.stores_event(event) { event.as_str() } else { "other" };
             self.inner.metrics.inc("herald_events_out_total", &[("event", label)]);
         }
+        let streams = match &command {
+            Command::Emit { target, event, .. } => self.inner.persist.streams(event, &target.rooms),
+            _ => Vec::new(),
+        };
         let id = match &command {
-            Command::Emit { target, event, args } if !self.inner.persist.streams(event, &target.rooms).is_empty() => {
-                let streams = self.inner.persist.streams(event, &target.rooms);
+            Command::Emit { target, event, args } if !streams.is_empty() => {
                 let relay = match scope {
                     Scope::Cluster => self.fanout().and_then(|f| f.message(&command)),
                     Scope::Local => None,

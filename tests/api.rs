@@ -189,3 +189,26 @@ async fn a_socket_too_slow_to_take_packets_does_not_fail_the_request() {
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("herald_unreachable_sockets_total"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_malformed_idempotency_key_is_refused_and_counted() {
+    let app = spawn_app().await;
+    let too_long = "k".repeat(300);
+    let response = app
+        .http
+        .post(app.url("/api/v1/notify"))
+        .bearer_auth(API_KEY)
+        .header("idempotency-key", too_long)
+        .json(&json!({ "to": { "user": "1" }, "type": "t", "message": "m" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap_or_default().contains("idempotency key"), "{body}");
+
+    let (status, _) = app.post_raw("/api/v1/notify", "{not json").await;
+    assert_eq!(status, 400);
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"herald_api_refusals_total{reason="bad_request"} 2"#), "{metrics}");
+}

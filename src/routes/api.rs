@@ -37,7 +37,14 @@ pub async fn require_api_key(State(state): State<Arc<AppState>>, request: Reques
         let reason = if keys.is_empty() { "API disabled: no api.keys configured" } else { "missing or invalid API key" };
         return ApiError(StatusCode::UNAUTHORIZED, reason.into()).into_response();
     }
-    next.run(request).await
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if response.status() == StatusCode::BAD_REQUEST {
+        // Bad input is counted and logged, like a malformed packet or Redis message.
+        state.metrics.inc("herald_api_refusals_total", &[("reason", "bad_request")]);
+        tracing::debug!(%path, "API request refused: bad request");
+    }
+    response
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -159,7 +159,7 @@ pub struct NodeSession {
     pub since: StreamId,
 }
 
-/// One change to a user's session entries (see [`Store::set_sessions`], [`Store::end_sessions`]).
+/// One change to a user's session entries (see [`Store::write_sessions`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum SessionWrite {
     Set { user: String, node: String, sockets: u64, since: StreamId },
@@ -196,26 +196,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user's seen mark and the instances holding their sockets.
     fn sessions<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Sessions, StoreError>>;
-    /// Records that `user` has `sockets` sockets on `node`; `since` is kept from the first call
-    /// (it only moves when the user's sockets there all went away and came back).
-    fn set_sessions<'a>(&'a self, user: &'a str, node: &'a str, sockets: u64, since: StreamId) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// The user has no socket left on each of `nodes` (closed, or the instance died): their
-    /// entries go, and the seen mark becomes the largest of itself, each entry's `since` and
-    /// the given mark.
-    fn end_sessions<'a>(&'a self, user: &'a str, nodes: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>>;
-
-    /// Applies `writes` in order (one transaction or round trip where the store can).
-    fn write_sessions<'a>(&'a self, writes: &'a [SessionWrite]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            for write in writes {
-                match write {
-                    SessionWrite::Set { user, node, sockets, since } => self.set_sessions(user, node, *sockets, *since).await?,
-                    SessionWrite::End { user, node, mark } => self.end_sessions(user, &[(node.clone(), *mark)]).await?,
-                }
-            }
-            Ok(())
-        })
-    }
+    /// Applies `writes` in order (one transaction or round trip where the store can):
+    /// `Set` records that `user` has `sockets` sockets on `node`, keeping `since` from the entry's
+    /// first write (it only moves when the user's sockets there all went away and came back);
+    /// `End` removes the user's entry on `node` (its sockets closed, or the instance died) and
+    /// makes the seen mark the largest of itself, the entry's `since` and `mark`.
+    fn write_sessions<'a>(&'a self, writes: &'a [SessionWrite]) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Liveness and delivered mark of each of `nodes`, in order.
     fn node_marks<'a>(&'a self, nodes: &'a [String]) -> BoxFuture<'a, Result<Vec<NodeMark>, StoreError>>;

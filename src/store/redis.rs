@@ -192,7 +192,6 @@ pub struct RedisStore {
     max_age: Duration,
     set_id_if: Script,
     claim_key: Script,
-    end_sessions: Script,
 }
 
 impl RedisStore {
@@ -222,7 +221,6 @@ impl RedisStore {
             max_age,
             set_id_if: Script::new(SET_ID_IF),
             claim_key: Script::new(CLAIM_KEY),
-            end_sessions: Script::new(END_SESSIONS),
         })
     }
 
@@ -385,32 +383,6 @@ impl Store for RedisStore {
                 nodes.push(NodeSession { node: node.clone(), sockets: sockets.parse().unwrap_or(0), since });
             }
             Ok(Sessions { seen: seen.map(|v| parse_id(&v)).transpose()?, nodes })
-        })
-    }
-
-    fn set_sessions<'a>(&'a self, user: &'a str, node: &'a str, sockets: u64, since: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let key = sessions_key(user);
-            let mut pipe = redis::pipe();
-            pipe.cmd("HSET").arg(&key).arg(node).arg(sockets).ignore();
-            pipe.cmd("HSETNX").arg(&key).arg(format!("{node}{SINCE}")).arg(since.to_string()).ignore();
-            pipe.cmd("PEXPIRE").arg(&key).arg(self.keep_ms()).ignore();
-            self.query_pipe::<()>(&pipe).await
-        })
-    }
-
-    fn end_sessions<'a>(&'a self, user: &'a str, nodes: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            if nodes.is_empty() {
-                return Ok(());
-            }
-            let mut invocation = self.end_sessions.prepare_invoke();
-            invocation.key(sessions_key(user)).key(seen_key(user)).arg(SINCE).arg(self.keep_ms());
-            for (node, mark) in nodes {
-                invocation.arg(node).arg(mark.to_string());
-            }
-            let _: i64 = self.invoke(&invocation).await?;
-            Ok(())
         })
     }
 

@@ -63,7 +63,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
 
-use super::{Appended, Entry, NodeMark, NodeSession, ReadState, Sessions, Store, StoreError, Stored, StreamId};
+use super::{Appended, Entry, NodeMark, NodeSession, ReadState, SessionWrite, Sessions, Store, StoreError, Stored, StreamId};
 use crate::notification::now_ms;
 use crate::payload::stored;
 
@@ -504,6 +504,18 @@ impl SqliteStore {
             nodes.push(NodeSession { node, sockets: sockets.max(0) as u64, since: parse_id(&since)? });
         }
         Ok(Sessions { seen, nodes })
+    }
+
+    /// One `Set` session write (tests use it to set up a user's sessions).
+    #[cfg(test)]
+    pub async fn set_sessions(&self, user: &str, node: &str, sockets: u64, since: StreamId) -> Result<(), StoreError> {
+        self.set_sessions_now(user, node, sockets, since)
+    }
+
+    /// `End` session writes for several nodes of one user (tests).
+    #[cfg(test)]
+    pub async fn end_sessions(&self, user: &str, nodes: &[(String, StreamId)]) -> Result<(), StoreError> {
+        self.end_sessions_now(user, nodes)
     }
 
     fn set_sessions_now(&self, user: &str, node: &str, sockets: u64, since: StreamId) -> Result<(), StoreError> {
@@ -947,12 +959,16 @@ impl Store for SqliteStore {
         Box::pin(async move { self.sessions_now(user) })
     }
 
-    fn set_sessions<'a>(&'a self, user: &'a str, node: &'a str, sockets: u64, since: StreamId) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { self.set_sessions_now(user, node, sockets, since) })
-    }
-
-    fn end_sessions<'a>(&'a self, user: &'a str, nodes: &'a [(String, StreamId)]) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move { self.end_sessions_now(user, nodes) })
+    fn write_sessions<'a>(&'a self, writes: &'a [SessionWrite]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            for write in writes {
+                match write {
+                    SessionWrite::Set { user, node, sockets, since } => self.set_sessions_now(user, node, *sockets, *since)?,
+                    SessionWrite::End { user, node, mark } => self.end_sessions_now(user, &[(node.clone(), *mark)])?,
+                }
+            }
+            Ok(())
+        })
     }
 
     fn node_marks<'a>(&'a self, nodes: &'a [String]) -> BoxFuture<'a, Result<Vec<NodeMark>, StoreError>> {
@@ -1839,8 +1855,8 @@ mod bench {
             let user = format!("u{}", i % 1000);
             let sessions = ready(store.sessions(&user)).unwrap();
             let since = sessions.seen.unwrap_or_default();
-            ready(store.set_sessions(&user, &node, 1, since)).unwrap();
-            ready(store.end_sessions(&user, &[(node.clone(), StreamId::new(now_ms(), 0))])).unwrap();
+            store.set_sessions_now(&user, &node, 1, since).unwrap();
+            store.end_sessions_now(&user, &[(node.clone(), StreamId::new(now_ms(), 0))]).unwrap();
         });
         measure(&format!("{label}: set_user_rooms (unchanged)"), |i| {
             let user = format!("u{}", i % 1000);
