@@ -21,6 +21,14 @@ pub struct Identity {
     pub projects: Vec<String>,
     /// Expiry (seconds since the epoch).
     pub expires_at: u64,
+    /// The device the socket is on (`web`, `mobile`, ...): the token's device claim, else the
+    /// client's `auth.device`. It joins the socket to the user's device room.
+    pub device: Option<String>,
+}
+
+/// A device name: 1 to 32 ASCII letters, digits, `-`, `_` or `.`.
+pub fn valid_device(device: &str) -> bool {
+    (1..=32).contains(&device.len()) && device.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Why a connection was refused. `Display` is the exact `connect_error` message of SPEC §2.
@@ -60,6 +68,7 @@ pub struct Verifier {
     rsa: Option<DecodingKey>,
     ec: Option<DecodingKey>,
     user_claim: String,
+    device_claim: String,
     leeway: u64,
 }
 
@@ -81,7 +90,7 @@ impl Verifier {
                 anyhow::bail!("auth.public_key_pem: {} is neither an RSA nor an EC public key", settings.public_key_pem);
             }
         }
-        Ok(Verifier { algorithms, hmac, rsa, ec, user_claim: settings.user_claim.clone(), leeway: settings.leeway_secs })
+        Ok(Verifier { algorithms, hmac, rsa, ec, user_claim: settings.user_claim.clone(), device_claim: settings.device_claim.clone(), leeway: settings.leeway_secs })
     }
 
     fn key_for(&self, alg: Algorithm) -> Option<&DecodingKey> {
@@ -121,7 +130,9 @@ impl Verifier {
         };
         // RFC 7519 allows a fractional NumericDate (PyJWT writes one for `time.time() + ttl`).
         let expires_at = claims.get("exp").and_then(Value::as_f64).filter(|e| *e >= 0.0)? as u64;
-        Some(Identity { user_id, role, projects, expires_at })
+        // A device claim that is not a valid name is ignored: the token is still good.
+        let device = claims.get(&self.device_claim).and_then(scalar_to_string).filter(|d| valid_device(d));
+        Some(Identity { user_id, role, projects, expires_at, device })
     }
 }
 

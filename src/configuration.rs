@@ -23,6 +23,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub storage: StorageSettings,
     pub outbox: OutboxSettings,
+    pub presence: PresenceSettings,
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +91,8 @@ pub struct AuthSettings {
     pub leeway_secs: u64,
     /// How long before its token expires a socket receives `auth:expiring`.
     pub expiry_warning_secs: u64,
+    /// The token claim naming the socket's device (`web`, `mobile`, ...); `auth.device` when absent.
+    pub device_claim: String,
 }
 
 impl Default for AuthSettings {
@@ -101,6 +105,7 @@ impl Default for AuthSettings {
             required: true,
             leeway_secs: 0,
             expiry_warning_secs: 60,
+            device_claim: "device".into(),
         }
     }
 }
@@ -258,6 +263,77 @@ impl Default for DeliverySettings {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceSettings {
+    /// A user (or a room member) whose last socket went away is still online this long: a page
+    /// reload or a quick reconnect is not an offline/online pair.
+    pub grace_secs: u64,
+    /// An instance that stops answering (partitioned, frozen) counts as dead after this long; one
+    /// that dies is known at once. Its users then go offline after `grace_secs`.
+    pub instance_timeout_secs: u64,
+    /// Room patterns with presence: members get `presence:join` / `presence:leave` and may ask
+    /// `presence:list`; `GET /api/v1/presence/rooms/<room>` answers for them. Empty: none.
+    pub rooms: Vec<String>,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self { grace_secs: 5, instance_timeout_secs: 15, rooms: vec![] }
+    }
+}
+
+impl PresenceSettings {
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Where events are POSTed (each event to every URL). Empty: no webhooks.
+    pub urls: Vec<String>,
+    /// Signs every call (`Herald-Signature`). Required when `urls` is set.
+    pub secret: String,
+    /// Which events are sent: `notification.missed`, `user.online`, `user.offline`.
+    pub events: Vec<String>,
+    /// Missed notifications of one user within this window go in one call.
+    pub batch_window_ms: u64,
+    /// Most notifications in one `notification.missed` call (older ones beyond it are dropped, counted).
+    pub max_batch: usize,
+    /// Also `notification.missed` for a notification delivered but not read after this long. 0: off.
+    pub unread_after_secs: u64,
+    /// How long one call may take.
+    pub timeout_secs: u64,
+    /// Attempts per call (the first included) on 5xx, timeouts and connection errors.
+    pub max_attempts: u32,
+    /// Calls waiting to be sent (retries included); beyond it new ones are dropped, counted.
+    pub max_queue: usize,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            urls: vec![],
+            secret: String::new(),
+            events: vec!["notification.missed".into(), "user.online".into(), "user.offline".into()],
+            batch_window_ms: 2000,
+            max_batch: 100,
+            unread_after_secs: 0,
+            timeout_secs: 5,
+            max_attempts: 6,
+            max_queue: 10_000,
+        }
+    }
+}
+
+impl WebhookSettings {
+    pub fn sends(&self, event: &str) -> bool {
+        !self.urls.is_empty() && self.events.iter().any(|e| e == event)
+    }
+}
+
 impl SocketIoSettings {
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval_secs)
@@ -282,6 +358,9 @@ const LIST_KEYS: &[&str] = &[
     "rooms.joinable",
     "delivery.persisted_rooms",
     "delivery.persisted_events",
+    "presence.rooms",
+    "webhooks.urls",
+    "webhooks.events",
 ];
 
 impl Settings {
@@ -311,6 +390,25 @@ impl Settings {
         }
         if self.socketio.ping_interval_secs == 0 || self.socketio.ping_timeout_secs == 0 {
             return Err("socketio.ping_interval_secs and ping_timeout_secs must be positive".into());
+        }
+        if self.presence.instance_timeout_secs < 3 {
+            return Err("presence.instance_timeout_secs must be at least 3".into());
+        }
+        let hooks = &self.webhooks;
+        if !hooks.urls.is_empty() && hooks.secret.is_empty() {
+            return Err("webhooks.urls is set but webhooks.secret is empty: every call is signed (set HERALD__WEBHOOKS__SECRET)".into());
+        }
+        for url in &hooks.urls {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("webhooks.urls: {url:?} is not an http(s) URL"));
+            }
+        }
+        const EVENTS: [&str; 3] = ["notification.missed", "user.online", "user.offline"];
+        if let Some(unknown) = hooks.events.iter().find(|e| !EVENTS.contains(&e.as_str())) {
+            return Err(format!("webhooks.events: unknown event {unknown:?} (known: {})", EVENTS.join(", ")));
+        }
+        if hooks.max_attempts == 0 || hooks.max_queue == 0 || hooks.max_batch == 0 || hooks.timeout_secs == 0 {
+            return Err("webhooks.max_attempts, max_queue, max_batch and timeout_secs must be positive".into());
         }
         Ok(())
     }

@@ -151,6 +151,12 @@ pub trait Fanout: Send + Sync + 'static {
     fn message(&self, command: &Command) -> Option<String>;
 }
 
+/// Told of each notification this instance stored, once per notification whatever the number
+/// of instances (the webhooks' missed-notification check sits here).
+pub trait StoredListener: Send + Sync + 'static {
+    fn stored(&self, streams: &[String], nid: StreamId, args: &Args);
+}
+
 /// Where a command comes from, for [`Delivery::apply`].
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
@@ -291,6 +297,7 @@ struct Inner {
     store: Arc<dyn Store>,
     persist: PersistPolicy,
     fanout: Mutex<Option<Arc<dyn Fanout>>>,
+    stored_listener: Mutex<Option<Arc<dyn StoredListener>>>,
     metrics: Arc<Metrics>,
     gate: tokio::sync::RwLock<()>,
     recent: Mutex<Recent>,
@@ -305,6 +312,7 @@ impl Delivery {
                 store,
                 persist,
                 fanout: Mutex::new(None),
+                stored_listener: Mutex::new(None),
                 metrics,
                 gate: tokio::sync::RwLock::new(()),
                 recent: Mutex::new(Recent::default()),
@@ -316,6 +324,11 @@ impl Delivery {
     /// Cluster mode: stored emits entering here are published for every instance to apply.
     pub fn set_fanout(&self, fanout: Arc<dyn Fanout>) {
         *self.inner.fanout.lock().unwrap_or_else(|e| e.into_inner()) = Some(fanout);
+    }
+
+    /// Who is told of every notification stored here (the webhooks).
+    pub fn set_stored_listener(&self, listener: Arc<dyn StoredListener>) {
+        *self.inner.stored_listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -359,7 +372,14 @@ impl Delivery {
                     Scope::Local => None,
                 };
                 let emit = Stored { event, args, dedup, nid, idempotency, relay: relay.as_deref() };
-                self.store_once(&target.namespace, &streams, emit, scope).await
+                let id = self.store_once(&target.namespace, &streams, emit, scope).await;
+                if let StagedId::Stored { nid, .. } = &id {
+                    let listener = self.inner.stored_listener.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(listener) = listener {
+                        listener.stored(&streams, *nid, args);
+                    }
+                }
+                id
             }
             _ => match idempotency {
                 None => StagedId::Given(nid),

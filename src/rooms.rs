@@ -14,6 +14,11 @@ pub fn user_room(user_id: &str) -> String {
 pub fn user_of_room(room: &str) -> Option<&str> {
     room.strip_prefix("user_")
 }
+/// The room of one user's sockets on one device: `user_<id>:<device>`. It matches `user_*`, so
+/// it is stored and replayed like the user room, and only a token (or `auth.device`) grants it.
+pub fn device_room(user_id: &str, device: &str) -> String {
+    format!("user_{user_id}:{device}")
+}
 pub fn role_room(role: &str) -> String {
     format!("role_{role}")
 }
@@ -27,6 +32,7 @@ const GRANTED_PREFIXES: [&str; 3] = ["user_", "role_", "project_"];
 /// The rooms an identity's token puts a socket in.
 pub fn granted_rooms(identity: &Identity) -> Vec<String> {
     let mut rooms = vec![user_room(&identity.user_id)];
+    rooms.extend(identity.device.as_deref().map(|d| device_room(&identity.user_id, d)));
     rooms.extend(identity.role.as_deref().map(role_room));
     rooms.extend(identity.projects.iter().map(|p| project_room(p)));
     rooms

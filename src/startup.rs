@@ -91,7 +91,12 @@ impl Application {
             tasks.push(tokio::spawn(listener::run(driver, state.delivery.clone(), channels, limits, state.ingress.clone())));
         }
         tasks.push(tokio::spawn(crate::seen::keep_marks(state.seen.clone(), state.delivery.clone())));
-        tasks.push(tokio::spawn(heartbeat(state.clone())));
+        let hooks = state.webhooks.clone().map(|w| w as Arc<dyn crate::presence::Listener>);
+        tasks.push(tokio::spawn(crate::presence::run(state.presence.clone(), state.delivery.clone(), hooks)));
+        if let Some(webhooks) = &state.webhooks {
+            state.delivery.set_stored_listener(webhooks.clone());
+            tasks.push(tokio::spawn(webhooks.clone().run()));
+        }
         Ok(Application { listener, router, state, tasks })
     }
 
@@ -163,7 +168,7 @@ fn assemble<A: Adapter + DefinedAdapter>(
         None => None,
     };
     let delivery = Delivery::new(Arc::new(io.clone()), store, PersistPolicy::new(&settings.delivery), metrics.clone());
-    let state = Arc::new(AppState::new(settings, verifier, delivery, metrics, redis, outbox));
+    let state = Arc::new(AppState::new(settings, verifier, delivery, metrics, redis, outbox)?);
     socket::register(&io, state.clone());
     let router = routes::router(state.clone())
         .layer(socket_layer)
@@ -204,23 +209,10 @@ async fn watch_redis(state: Arc<AppState>) {
     loop {
         if *states.borrow_and_update() == crate::cluster::redis_state::RedisState::Up {
             state.mark_redis_reached();
-            if let Some(presence) = &state.presence {
-                presence.heartbeat().await;
-            }
         }
         if states.changed().await.is_err() {
             return;
         }
-    }
-}
-
-/// Keeps this instance's presence counts counted (cluster mode).
-async fn heartbeat(state: Arc<AppState>) {
-    let Some(presence) = &state.presence else { return };
-    let mut ticker = tokio::time::interval(crate::cluster::presence::HEARTBEAT_EVERY);
-    loop {
-        ticker.tick().await;
-        presence.heartbeat().await;
     }
 }
 

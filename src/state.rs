@@ -7,15 +7,18 @@ use std::time::Instant;
 
 use crate::auth::Verifier;
 use crate::cluster::driver::ResilientDriver;
-use crate::cluster::presence::Presence;
 use crate::configuration::Settings;
 use crate::delivery::Delivery;
 use crate::ingress::listener::IngressStatus;
 use crate::limits::{ConnectRate, ConnectionCounts};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::presence::memory::MemoryPresence;
+use crate::presence::redis::RedisPresence;
+use crate::presence::{Backend, Presence};
 use crate::rooms::RoomPolicy;
 use crate::seen::SeenMarks;
+use crate::webhooks::Webhooks;
 
 pub struct AppState {
     pub settings: Settings,
@@ -36,8 +39,10 @@ pub struct AppState {
     pub started_at: Instant,
     /// The Redis connection of cluster mode (`None` in the embedded default).
     pub redis: Option<ResilientDriver>,
-    /// Cluster-wide socket counts per user (cluster mode only).
-    pub presence: Option<Presence>,
+    /// Who is online, cluster-wide (in memory in the embedded default).
+    pub presence: Arc<Presence>,
+    /// Calls to the backend's webhooks (`None` without `webhooks.urls`).
+    pub webhooks: Option<Arc<Webhooks>>,
     pub ingress: Arc<IngressStatus>,
     redis_reached: AtomicBool,
     draining: AtomicBool,
@@ -51,21 +56,36 @@ impl AppState {
         metrics: Arc<Metrics>,
         redis: Option<ResilientDriver>,
         outbox: Option<Arc<Outbox>>,
-    ) -> AppState {
+    ) -> anyhow::Result<AppState> {
         let node_id = settings.server.node_id();
         let instance_id = settings.server.instance_id();
-        let presence = redis.as_ref().and_then(|driver| {
-            Presence::new(&settings.redis.url, driver.watch_state(), &instance_id)
-                .map_err(|e| tracing::error!(error = %e, "presence unavailable"))
-                .ok()
-        });
+        let grace = settings.presence.grace();
+        let backend: Arc<dyn Backend> = match &redis {
+            None => Arc::new(MemoryPresence::new(grace)),
+            Some(driver) => {
+                let timeout = std::time::Duration::from_secs(settings.presence.instance_timeout_secs);
+                Arc::new(RedisPresence::new(&settings.redis.url, driver.watch_state(), &instance_id, grace, timeout)?)
+            }
+        };
+        let presence = Arc::new(Presence::new(backend, &settings.presence));
+        let webhooks = match settings.webhooks.urls.is_empty() {
+            true => None,
+            false => {
+                let pending: Arc<dyn crate::webhooks::pending::Pending> = match &redis {
+                    None => Arc::new(crate::webhooks::pending::MemoryPending::default()),
+                    Some(driver) => Arc::new(crate::webhooks::pending::RedisPending::new(&settings.redis.url, driver.watch_state())?),
+                };
+                let hooks = Webhooks::new(&settings.webhooks, pending, presence.clone(), delivery.store().clone(), metrics.clone())?;
+                Some(Arc::new(hooks))
+            }
+        };
         let seen = Arc::new(SeenMarks::new(
             delivery.store().clone(),
             &instance_id,
             settings.socketio.heartbeat_window(),
             redis.as_ref().map(|r| r.watch_state()),
         ));
-        AppState {
+        Ok(AppState {
             node_id,
             instance_id,
             room_policy: RoomPolicy::new(&settings.rooms.joinable, settings.rooms.max_name_bytes),
@@ -80,11 +100,12 @@ impl AppState {
             metrics,
             started_at: Instant::now(),
             presence,
+            webhooks,
             redis,
             ingress: Arc::default(),
             redis_reached: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-        }
+        })
     }
 
     /// True once shutdown has begun: `/ready` answers 503 and new connections are refused.

@@ -35,7 +35,6 @@
 
 pub mod channels;
 pub mod driver;
-pub mod presence;
 pub mod redis_state;
 pub mod relay;
 

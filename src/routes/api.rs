@@ -20,7 +20,8 @@ use crate::notification::{iso_now, Notification, EVENT};
 use crate::outbox::{accept, Accepted, Refused, Submission};
 use crate::payload::{Args, Value};
 use crate::replay::{HistoryQuery, Inbox, ReadRequest};
-use crate::rooms::{project_room, role_room, user_room};
+use crate::auth::valid_device;
+use crate::rooms::{device_room, project_room, role_room, user_room};
 use crate::state::AppState;
 
 /// Refuses requests without `Authorization: Bearer <key>` for a key in `api.keys`.
@@ -101,8 +102,15 @@ enum Recipients {
 }
 
 fn recipients(to: Option<&Json_>) -> Result<Recipients, ApiError> {
-    const EXPECTED: &str = "to must be an object with one of user, users, role, project, room, broadcast";
+    const EXPECTED: &str = "to must be an object with one of user (optionally with device), users, role, project, room, broadcast";
     let to = to.and_then(Json_::as_object).ok_or_else(|| ApiError::bad_request(EXPECTED))?;
+    if let (Some(user), Some(device), 2) = (to.get("user"), to.get("device"), to.len()) {
+        // One user's sockets on one device: `{"user": 42, "device": "mobile"}`.
+        let device = device.as_str().filter(|d| valid_device(d)).ok_or_else(|| {
+            ApiError::bad_request("to.device must be a device name: 1 to 32 letters, digits, '-', '_' or '.'")
+        })?;
+        return Ok(Recipients::Rooms(vec![device_room(&id_text(user, "user")?, device)]));
+    }
     if to.len() != 1 {
         return Err(ApiError::bad_request(EXPECTED));
     }

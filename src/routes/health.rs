@@ -67,6 +67,7 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         ("herald_redis_up", "1 when Redis is reachable, 0 when not, -1 without Redis", redis_up),
         ("herald_redis_outages", "Redis outages since start", outages),
         ("herald_redis_messages_dropped", "Redis pub/sub messages dropped because this instance did not keep up", dropped),
+        ("herald_webhook_queue", "Webhook calls waiting or in flight on this instance", state.webhooks.as_ref().map_or(0, |w| w.queue_depth()) as f64),
     ]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }

@@ -2,6 +2,7 @@
 
 mod api;
 mod health;
+mod presence;
 pub mod origin;
 pub mod request_head;
 
@@ -22,6 +23,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/users/{user}/notifications", get(api::user_notifications))
         .route("/api/v1/users/{user}/notifications/read", post(api::mark_user_notifications_read))
         .route("/api/v1/users/{user}/disconnect", post(api::disconnect_user))
+        .route("/api/v1/presence/users/{user}", get(presence::user))
+        .route("/api/v1/presence/users", post(presence::users))
+        .route("/api/v1/presence/rooms/{room}", get(presence::room))
         .layer(middleware::from_fn_with_state(state.clone(), api::require_api_key));
     Router::new()
         .route("/health", get(health::health))

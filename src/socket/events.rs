@@ -18,13 +18,16 @@ use crate::notification::now_ms;
 use crate::replay::{HistoryQuery, Inbox, ReadRequest};
 use crate::rooms::{granted_rooms, JoinRefusal};
 use crate::state::AppState;
+use super::PresenceRooms;
 
 /// Event names counted by name in `/metrics`; anything else counts as `other`.
-const KNOWN_EVENTS: [&str; 6] = ["room:join", "room:leave", "ping", "notifications:history", "notifications:read", "auth:refresh"];
+const KNOWN_EVENTS: [&str; 7] =
+    ["room:join", "room:leave", "ping", "notifications:history", "notifications:read", "auth:refresh", "presence:list"];
 
 pub fn register<A: Adapter>(socket: &SocketRef<A>, state: Arc<AppState>) {
-    on(socket, &state, "room:join", |st, s, data| async move { room_join(&st, &s, data) });
-    on(socket, &state, "room:leave", |st, s, data| async move { room_leave(&st, &s, data) });
+    on(socket, &state, "room:join", |st, s, data| async move { room_join(&st, &s, data).await });
+    on(socket, &state, "room:leave", |st, s, data| async move { room_leave(&st, &s, data).await });
+    on(socket, &state, "presence:list", |st, s, data| async move { presence_list(&st, &s, data).await });
     on(socket, &state, "ping", |_, s, data| async move { ping(&s, data) });
     on(socket, &state, "auth:refresh", |st, s, data| async move { super::session::refresh(&st, &s, data) });
     on(socket, &state, "notifications:history", |st, s, data| async move { history(&st, &s, data).await });
@@ -117,7 +120,7 @@ fn automatic_rooms<A: Adapter>(socket: &SocketRef<A>) -> Vec<String> {
     rooms
 }
 
-fn room_join<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
+async fn room_join<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
     let room = room_name(data)?;
     let automatic = automatic_rooms(socket);
     state.room_policy.may_join(&room, &automatic).map_err(|e| refuse(state, e))?;
@@ -129,18 +132,70 @@ fn room_join<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<V
             return Err(refuse(state, JoinRefusal::TooManyRooms(limit)));
         }
         socket.join(room.clone());
+        enter_presence_room(state, socket, &room).await;
     }
     Ok(json!({ "ok": true, "room": room }))
 }
 
-fn room_leave<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
+async fn room_leave<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
     let room = room_name(data)?;
     state.room_policy.check_name(&room).map_err(|e| refuse(state, e))?;
     if automatic_rooms(socket).contains(&room) {
         return Err("room granted by your token cannot be left".into());
     }
     socket.leave(room.clone());
+    exit_presence_room(state, socket, &room).await;
     Ok(json!({ "ok": true, "room": room }))
+}
+
+/// Counts the socket's user in `room`, when the room has presence.
+async fn enter_presence_room<A: Adapter>(state: &AppState, socket: &SocketRef<A>, room: &str) {
+    let (Some(identity), Some(PresenceRooms(rooms))) = (socket.extensions.get::<Identity>(), socket.extensions.get::<PresenceRooms>())
+    else {
+        return;
+    };
+    if !state.presence.tracks_room(room) {
+        return;
+    }
+    rooms.lock().unwrap_or_else(|e| e.into_inner()).push(room.to_string());
+    state.presence.enter(socket.ns(), room, &identity.user_id).await;
+}
+
+async fn exit_presence_room<A: Adapter>(state: &AppState, socket: &SocketRef<A>, room: &str) {
+    let (Some(identity), Some(PresenceRooms(rooms))) = (socket.extensions.get::<Identity>(), socket.extensions.get::<PresenceRooms>())
+    else {
+        return;
+    };
+    let was_in = {
+        let mut rooms = rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let before = rooms.len();
+        rooms.retain(|r| r != room);
+        rooms.len() < before
+    };
+    if was_in {
+        state.presence.exit(socket.ns(), room, &identity.user_id).await;
+    }
+}
+
+/// `presence:list` `{"room", "offset"?, "limit"?}`: who is in a presence room the socket is in.
+async fn presence_list<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data: Option<Value>) -> Result<Value, String> {
+    let (offset, limit) = match &data {
+        Some(Value::Object(map)) => (
+            map.get("offset").and_then(Value::as_u64).unwrap_or(0) as usize,
+            map.get("limit").and_then(Value::as_u64).unwrap_or(100).clamp(1, 1000) as usize,
+        ),
+        _ => (0, 100),
+    };
+    let room = room_name(data)?;
+    if !state.presence.tracks_room(&room) {
+        return Err("room has no presence (presence.rooms)".into());
+    }
+    if !socket.rooms().iter().any(|r| *r == room) {
+        return Err("not in this room".into());
+    }
+    let (count, members) = state.presence.room(socket.ns(), &room, offset, limit).await.map_err(|e| format!("presence unavailable: {e}"))?;
+    let users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+    Ok(json!({ "ok": true, "room": room, "count": count, "users": users, "offset": offset }))
 }
 
 fn refuse(state: &AppState, refusal: JoinRefusal) -> String {

@@ -20,7 +20,7 @@ use socketioxide::socket::DisconnectReason;
 use socketioxide::SocketIo;
 use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 
-use crate::auth::{find_token, Identity, Refusal};
+use crate::auth::{find_token, valid_device, Identity, Refusal};
 use crate::notification::{self, EVENT};
 use crate::replay::persisted_streams;
 use crate::replay::{join, replay};
@@ -73,19 +73,24 @@ async fn check_connect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, auth
     }
     let authorization = parts.headers.get(http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
     identify(state, socket, auth, parts.uri.query(), authorization)?;
-    let user = socket.extensions.get::<Identity>().map(|i| i.user_id);
-    if let (Some(user), Some(presence)) = (&user, &state.presence) {
-        if presence.count(user).await.is_some_and(|n| n >= state.settings.limits.max_connections_per_user as u64) {
+    let identity = socket.extensions.get::<Identity>();
+    let user = identity.as_ref().map(|i| i.user_id.as_str());
+    state.connections.try_add(user, &state.settings.limits)?;
+    if let Some(identity) = &identity {
+        // Across instances: the count lives with presence, checked and changed in one step.
+        let max = state.settings.limits.max_connections_per_user as u64;
+        if state.presence.connect(&identity.user_id, identity.device.as_deref(), max).await.is_err() {
+            state.connections.remove(user);
             return Err(Refusal::TooManyConnections);
         }
     }
-    state.connections.try_add(user.as_deref(), &state.settings.limits)?;
     socket.extensions.insert(Counted);
-    if let (Some(user), Some(presence)) = (&user, &state.presence) {
-        presence.add(user, 1).await;
-    }
     Ok(())
 }
+
+/// The presence rooms (`presence.rooms`) a socket is in, to leave on disconnect.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PresenceRooms(pub(crate) Arc<std::sync::Mutex<Vec<String>>>);
 
 /// Marks a socket that holds a place in the connection counts (released on disconnect).
 #[derive(Debug, Clone, Copy)]
@@ -112,7 +117,17 @@ fn identify<A: Adapter>(
 ) -> Result<(), Refusal> {
     match find_token(auth.as_ref(), query, authorization) {
         Some(token) => {
-            let identity = state.verifier.verify(&token)?;
+            let mut identity = state.verifier.verify(&token)?;
+            if identity.device.is_none() {
+                match auth.as_ref().and_then(|a| a.get("device")) {
+                    None | Some(serde_json::Value::Null) => {}
+                    Some(serde_json::Value::String(device)) if valid_device(device) => identity.device = Some(device.clone()),
+                    Some(_) => {
+                        state.metrics.inc("herald_ignored_input_total", &[("what", "auth.device")]);
+                        tracing::debug!(sid = %socket.id, "auth.device ignored: 1 to 32 letters, digits, '-', '_' or '.'");
+                    }
+                }
+            }
             socket.extensions.insert(identity);
             if let Some(last_id) = auth.as_ref().and_then(|a| a.get("last_id")).and_then(|l| l.as_str()) {
                 match last_id.parse::<StreamId>() {
@@ -161,6 +176,19 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
         return;
     };
     remember_user_rooms(&state, &identity);
+    let presence_rooms: Vec<String> = joined.rooms().iter().filter(|r| state.presence.tracks_room(r)).cloned().collect();
+    for room in &presence_rooms {
+        state.presence.enter(socket.ns(), room, &identity.user_id).await;
+    }
+    let presence_rooms = Arc::new(std::sync::Mutex::new(presence_rooms));
+    socket.extensions.insert(PresenceRooms(presence_rooms.clone()));
+    if !socket.connected() {
+        // It went away meanwhile, and its disconnect found no rooms to leave.
+        let rooms = std::mem::take(&mut *presence_rooms.lock().unwrap_or_else(|e| e.into_inner()));
+        for room in rooms {
+            state.presence.exit(socket.ns(), &room, &identity.user_id).await;
+        }
+    }
     let cursor = replay_cursor(&state, &socket, &identity).await;
     let after = match cursor {
         Cursor::From(after) => after,
@@ -216,8 +244,14 @@ async fn on_disconnect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, reas
     if socket.extensions.remove::<Counted>().is_some() {
         let user = identity.as_ref().map(|i| i.user_id.as_str());
         state.connections.remove(user);
-        if let (Some(user), Some(presence)) = (user, &state.presence) {
-            presence.add(user, -1).await;
+        if let Some(identity) = &identity {
+            if let Some(PresenceRooms(rooms)) = socket.extensions.remove::<PresenceRooms>() {
+                let rooms = std::mem::take(&mut *rooms.lock().unwrap_or_else(|e| e.into_inner()));
+                for room in rooms {
+                    state.presence.exit(socket.ns(), &room, &identity.user_id).await;
+                }
+            }
+            state.presence.disconnect(&identity.user_id, identity.device.as_deref()).await;
         }
     }
     let Some(identity) = identity else { return };

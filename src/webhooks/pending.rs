@@ -1,0 +1,214 @@
+//! What webhooks wait for, kept where every instance sees it once: missed notifications batched
+//! per user, and notifications to check for being read later.
+//!
+//! In the embedded default this is memory. With Redis, `herald:wh:missed:<user>` lists a user's
+//! missed notifications and `herald:wh:due` says when each user's batch is sent (the first miss
+//! plus `webhooks.batch_window_ms`); the instance that removes a user from `herald:wh:due` takes
+//! the whole batch, so a batch is one call whichever instances stored its notifications.
+//! `herald:wh:unread` holds notifications to check for being read, by due time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use futures_util::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
+use tokio::sync::watch;
+
+use crate::cluster::redis_state::RedisState;
+
+pub trait Pending: Send + Sync + 'static {
+    /// Adds a missed notification to `user`'s batch (sent at `due` if it is the batch's first).
+    /// `Ok(true)`: the batch was full and its oldest entry was dropped.
+    fn add_missed<'a>(&'a self, user: &'a str, entry: String, due: u64, max: usize) -> BoxFuture<'a, Result<bool, String>>;
+    /// Takes the batches due at `now`: (user, entries).
+    fn take_missed(&self, now: u64) -> BoxFuture<'_, Result<Vec<(String, Vec<String>)>, String>>;
+    fn schedule_unread(&self, entry: String, due: u64) -> BoxFuture<'_, Result<(), String>>;
+    fn take_unread(&self, now: u64) -> BoxFuture<'_, Result<Vec<String>, String>>;
+}
+
+#[derive(Default)]
+pub struct MemoryPending {
+    book: Mutex<Book>,
+}
+
+#[derive(Default)]
+struct Book {
+    missed: HashMap<String, (u64, Vec<String>)>,
+    unread: BTreeMap<(u64, u64), String>,
+    seq: u64,
+}
+
+impl MemoryPending {
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Pending for MemoryPending {
+    fn add_missed<'a>(&'a self, user: &'a str, entry: String, due: u64, max: usize) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let mut book = self.book();
+            let batch = book.missed.entry(user.to_string()).or_insert((due, vec![]));
+            batch.1.push(entry);
+            let full = batch.1.len() > max;
+            if full {
+                batch.1.remove(0);
+            }
+            Ok(full)
+        })
+    }
+
+    fn take_missed(&self, now: u64) -> BoxFuture<'_, Result<Vec<(String, Vec<String>)>, String>> {
+        Box::pin(async move {
+            let mut book = self.book();
+            let due: Vec<String> = book.missed.iter().filter(|(_, (at, _))| *at <= now).map(|(u, _)| u.clone()).collect();
+            Ok(due.into_iter().filter_map(|u| book.missed.remove(&u).map(|(_, entries)| (u, entries))).collect())
+        })
+    }
+
+    fn schedule_unread(&self, entry: String, due: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut book = self.book();
+            book.seq += 1;
+            let seq = book.seq;
+            book.unread.insert((due, seq), entry);
+            Ok(())
+        })
+    }
+
+    fn take_unread(&self, now: u64) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let mut book = self.book();
+            let later = book.unread.split_off(&(now + 1, 0));
+            Ok(std::mem::replace(&mut book.unread, later).into_values().collect())
+        })
+    }
+}
+
+const DUE: &str = "herald:wh:due";
+const UNREAD: &str = "herald:wh:unread";
+
+const ADD: &str = r#"
+local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[4])
+local max = tonumber(ARGV[3])
+if n > max then
+  redis.call('LTRIM', KEYS[1], -max, -1)
+  return 1
+end
+return 0
+"#;
+
+const TAKE: &str = r#"
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return {} end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return items
+"#;
+
+pub struct RedisPending {
+    connection: ConnectionManager,
+    redis_state: watch::Receiver<RedisState>,
+    add: Script,
+    take: Script,
+}
+
+impl RedisPending {
+    pub fn new(url: &str, redis_state: watch::Receiver<RedisState>) -> redis::RedisResult<RedisPending> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
+            .set_response_timeout(Some(std::time::Duration::from_millis(1000)))
+            .set_number_of_retries(1);
+        let connection = ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)?;
+        Ok(RedisPending { connection, redis_state, add: Script::new(ADD), take: Script::new(TAKE) })
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, String> {
+        match *self.redis_state.borrow() {
+            RedisState::Up => Ok(self.connection.clone()),
+            RedisState::Down => Err("redis is down".into()),
+        }
+    }
+}
+
+fn missed_key(user: &str) -> String {
+    format!("herald:wh:missed:{user}")
+}
+
+impl Pending for RedisPending {
+    fn add_missed<'a>(&'a self, user: &'a str, entry: String, due: u64, max: usize) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let mut conn = self.conn()?;
+            let dropped: i64 = self
+                .add
+                .key(missed_key(user))
+                .key(DUE)
+                .arg(entry)
+                .arg(due)
+                .arg(max)
+                .arg(user)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(dropped == 1)
+        })
+    }
+
+    fn take_missed(&self, now: u64) -> BoxFuture<'_, Result<Vec<(String, Vec<String>)>, String>> {
+        Box::pin(async move {
+            let mut conn = self.conn()?;
+            let users: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(DUE)
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(200)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut batches = Vec::new();
+            for user in users {
+                let entries: Vec<String> =
+                    self.take.key(missed_key(&user)).key(DUE).arg(&user).invoke_async(&mut conn).await.map_err(|e| e.to_string())?;
+                if !entries.is_empty() {
+                    batches.push((user, entries));
+                }
+            }
+            Ok(batches)
+        })
+    }
+
+    fn schedule_unread(&self, entry: String, due: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.conn()?;
+            redis::cmd("ZADD").arg(UNREAD).arg(due).arg(entry).query_async(&mut conn).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn take_unread(&self, now: u64) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let mut conn = self.conn()?;
+            let entries: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(UNREAD)
+                .arg("-inf")
+                .arg(now)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut mine = Vec::new();
+            for entry in entries {
+                // Whoever removes an entry checks it.
+                let removed: i64 = redis::cmd("ZREM").arg(UNREAD).arg(&entry).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+                if removed == 1 {
+                    mine.push(entry);
+                }
+            }
+            Ok(mine)
+        })
+    }
+}
