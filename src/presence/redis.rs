@@ -215,7 +215,7 @@ impl RedisPresence {
             .arg("1")
             .arg("EX")
             .arg(ttl)
-            .cmd("HSET")
+            .cmd("HSETNX")
             .arg(INSTANCES)
             .arg(&self.instance)
             .arg(now_ms())
@@ -240,11 +240,11 @@ impl RedisPresence {
         }
         let replies: Vec<redis::Value> = pipe.query_async(conn).await.map_err(|e| e.to_string())?;
         let now = now_ms();
-        for ((instance, last), reply) in others.iter().zip(replies.chunks(2)) {
+        for ((instance, registered), reply) in others.iter().zip(replies.chunks(2)) {
             let heartbeat: i64 = redis::from_redis_value(reply[0].clone()).unwrap_or(0);
             let numsub: Vec<redis::Value> = redis::from_redis_value(reply[1].clone()).unwrap_or_default();
             let subscribed: i64 = numsub.get(1).and_then(|v| redis::from_redis_value(v.clone()).ok()).unwrap_or(0);
-            let dead = heartbeat == 0 || (subscribed == 0 && now.saturating_sub(**last) > STARTING_MS);
+            let dead = heartbeat == 0 || (subscribed == 0 && now.saturating_sub(**registered) > STARTING_MS);
             if !dead {
                 continue;
             }
