@@ -138,6 +138,10 @@ impl Backend for MemoryPresence {
     fn online_count(&self) -> BoxFuture<'_, Result<u64, String>> {
         Box::pin(async move { Ok(self.book().entries.keys().filter(|(s, _)| *s == Scope::User).count() as u64) })
     }
+
+    fn can_lose(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

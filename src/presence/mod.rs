@@ -137,6 +137,11 @@ pub trait Backend: Send + Sync + 'static {
     fn room<'a>(&'a self, scope: &'a Scope, offset: usize, limit: usize) -> BoxFuture<'a, Result<(u64, Vec<Member>), String>>;
     /// Users online now, cluster-wide.
     fn online_count(&self) -> BoxFuture<'_, Result<u64, String>>;
+    /// Whether the backend can lose this instance's part (Redis can: an outage, or this
+    /// instance taken for dead), so that the service keeps a copy to write again.
+    fn can_lose(&self) -> bool {
+        true
+    }
 }
 
 /// How often graces are checked and the backend maintained.
@@ -147,6 +152,8 @@ pub const MAINTAIN_EVERY: Duration = Duration::from_secs(1);
 pub struct Presence {
     backend: Arc<dyn Backend>,
     rooms: Vec<Pattern>,
+    /// Keep `local` (only for a backend that can lose it).
+    keep_local: bool,
     /// What this instance holds: (scope, user) → sockets, and sockets per device.
     local: Mutex<HashMap<(Scope, String), (u64, HashMap<String, u64>)>>,
     /// A change did not reach the backend: write everything again at the next upkeep.
@@ -163,6 +170,7 @@ impl Presence {
     pub fn new(backend: Arc<dyn Backend>, settings: &PresenceSettings) -> Presence {
         let (transitions, receiver) = mpsc::unbounded_channel();
         Presence {
+            keep_local: backend.can_lose(),
             backend,
             rooms: settings.rooms.iter().map(|p| Pattern::new(p)).collect(),
             local: Mutex::default(),
@@ -174,6 +182,11 @@ impl Presence {
 
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
+    }
+
+    /// Are there rooms with presence at all?
+    pub fn has_rooms(&self) -> bool {
+        !self.rooms.is_empty()
     }
 
     /// Does `room` have presence (`presence.rooms`)?
@@ -213,7 +226,7 @@ impl Presence {
                 Changed::default()
             }
         };
-        if !changed.refused {
+        if !changed.refused && self.keep_local {
             self.note_local(&change);
         }
         if changed.came_online {

@@ -176,18 +176,8 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
         return;
     };
     remember_user_rooms(&state, &identity);
-    let presence_rooms: Vec<String> = joined.rooms().iter().filter(|r| state.presence.tracks_room(r)).cloned().collect();
-    for room in &presence_rooms {
-        state.presence.enter(socket.ns(), room, &identity.user_id).await;
-    }
-    let presence_rooms = Arc::new(std::sync::Mutex::new(presence_rooms));
-    socket.extensions.insert(PresenceRooms(presence_rooms.clone()));
-    if !socket.connected() {
-        // It went away meanwhile, and its disconnect found no rooms to leave.
-        let rooms = std::mem::take(&mut *presence_rooms.lock().unwrap_or_else(|e| e.into_inner()));
-        for room in rooms {
-            state.presence.exit(socket.ns(), &room, &identity.user_id).await;
-        }
+    if state.presence.has_rooms() {
+        enter_presence_rooms(&state, &socket, &identity, joined.rooms()).await;
     }
     let cursor = replay_cursor(&state, &socket, &identity).await;
     let after = match cursor {
@@ -209,6 +199,23 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
             until: joined_at,
         };
         state.seen.watch(late, elsewhere);
+    }
+}
+
+/// Counts the user in the presence rooms among `rooms`, and remembers them to leave on disconnect.
+async fn enter_presence_rooms<A: Adapter>(state: &AppState, socket: &SocketRef<A>, identity: &Identity, rooms: &[String]) {
+    let presence_rooms: Vec<String> = rooms.iter().filter(|r| state.presence.tracks_room(r)).cloned().collect();
+    for room in &presence_rooms {
+        state.presence.enter(socket.ns(), room, &identity.user_id).await;
+    }
+    let presence_rooms = Arc::new(std::sync::Mutex::new(presence_rooms));
+    socket.extensions.insert(PresenceRooms(presence_rooms.clone()));
+    if !socket.connected() {
+        // It went away meanwhile, and its disconnect found no rooms to leave.
+        let rooms = std::mem::take(&mut *presence_rooms.lock().unwrap_or_else(|e| e.into_inner()));
+        for room in rooms {
+            state.presence.exit(socket.ns(), &room, &identity.user_id).await;
+        }
     }
 }
 

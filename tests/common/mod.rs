@@ -130,6 +130,13 @@ impl TestApp {
         self.post_raw(path, &body.to_string()).await
     }
 
+    /// GETs `path` with the API key.
+    pub async fn get_with_key(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).bearer_auth(API_KEY).send().await.expect("request sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let response = self.http.get(self.url(path)).send().await.expect("request sent");
         let status = response.status().as_u16();
