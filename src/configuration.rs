@@ -540,7 +540,15 @@ mod tests {
         assert!(check_origin("https://app.example.com").is_ok());
         assert!(check_origin("http://localhost:3000").is_ok());
         assert!(check_origin("capacitor://localhost").is_ok());
-        for bad in ["https://app.example.com/", "https://app.example.com/path", "app.example.com", "null", "https://App.example.com", "https://", "HTTPS://a.b"] {
+        for bad in [
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "app.example.com",
+            "null",
+            "https://App.example.com",
+            "https://",
+            "HTTPS://a.b",
+        ] {
             assert!(check_origin(bad).is_err(), "{bad}");
         }
         let mut s = Settings::default();
