@@ -248,11 +248,10 @@ def shutdown_grace(env):
 
 
 def lint_dockerfile():
-    bad = DEPLOY.parent / "target" / "deploy-test-bad.Dockerfile"
-    bad.parent.mkdir(exist_ok=True)
-    bad.write_text("FROM debian\nRUN apt-get install curl\nCMD herald\n")
-    refused = run([tool("hadolint"), bad])
-    bad.unlink()
+    with tempfile.NamedTemporaryFile("w", suffix=".Dockerfile", delete=False) as bad:
+        bad.write("FROM debian\nRUN apt-get install curl\nCMD herald\n")
+    refused = run([tool("hadolint"), bad.name])
+    os.unlink(bad.name)
     expect(refused.returncode != 0 and "DL3008" in refused.stdout + refused.stderr, f"hadolint accepted a broken Dockerfile: {refused.stdout}")
     result = run([tool("hadolint"), DEPLOY / "Dockerfile"])
     expect(result.returncode == 0, f"hadolint:\n{result.stdout}{result.stderr}")

@@ -106,11 +106,14 @@ fn config_check_without_a_file_uses_the_defaults_and_the_environment() {
     assert!(text(&out.stderr).contains("warning: api.keys is empty"), "{}", text(&out.stderr));
 }
 
+/// What is wrong, the file (if any), the environment, and what the error must say.
+type Case<'a> = (&'a str, Option<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
 #[test]
 fn config_check_refuses_invalid_settings_with_the_reason() {
     let scratch = Scratch::new("invalid");
     let ok_auth = ("HERALD__AUTH__JWT_SECRET", "file-jwt-secret");
-    let cases: Vec<(&str, Option<&str>, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("unknown key in the file", Some("[server]\nprot = 1\n"), vec![ok_auth], "unknown field `prot`"),
         ("unknown section", Some("[servr]\nport = 1\n"), vec![ok_auth], "unknown field `servr`"),
         ("not TOML", Some("[server\nport = 1\n"), vec![ok_auth], "invalid configuration"),
