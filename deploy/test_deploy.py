@@ -779,6 +779,24 @@ def nginx_binary():
     return next((p for p in ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx", shutil.which("nginx")] if p and os.path.exists(p)), None)
 
 
+def nginx_accepts_production_conf():
+    nginx = nginx_binary()
+    if not nginx or not shutil.which("openssl"):
+        return "nginx or openssl is not installed (scripts/test-all installs nginx)"
+    prefix = LOGS / "nginx-t"
+    prefix.mkdir()
+    made = run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", prefix / "key.pem", "-out", prefix / "cert.pem", "-days", "1", "-subj", "/CN=test"])
+    expect(made.returncode == 0, f"openssl: {made.stderr}")
+    conf = (DEPLOY / "nginx.conf").read_text()
+    for path, replacement in [("/etc/ssl/certs/notifications.example.com.pem", "cert.pem"), ("/etc/ssl/private/notifications.example.com.key", "key.pem")]:
+        expect(conf.count(path) == 1, f"nginx.conf does not name {path} once")
+        conf = conf.replace(path, str(prefix / replacement))
+    (prefix / "herald.conf").write_text(conf)
+    (prefix / "nginx.conf").write_text(f"pid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\nevents {{}}\nhttp {{\n    include {prefix}/herald.conf;\n}}\n")
+    result = run([nginx, "-t", "-p", prefix, "-c", prefix / "nginx.conf", "-e", prefix / "error.log"])
+    expect(result.returncode == 0, f"nginx -t: {result.stderr}")
+
+
 def live_compose():
     nginx = nginx_binary()
     if not nginx:
@@ -857,6 +875,7 @@ def main():
         ("k8s: selectors, Service, PDB, HPA, Ingress and Redis names agree", names_agree),
         ("compose: services, nginx upstreams, trusted proxy, stop grace, network agree", compose_agrees),
         ("nginx: compose-nginx.conf has nginx.conf's location blocks", nginx_locations_match),
+        ("nginx: nginx -t accepts nginx.conf (a self-signed certificate in place of the real one)", nginx_accepts_production_conf),
         ("grafana: every panel queries a metric Herald exports", dashboard_static),
         ("live: Herald with the Deployment's command line, env, ConfigMap and Secret passes /ready", live_manifest_herald),
         ("live: the Dockerfile's HEALTHCHECK passes", live_healthcheck),
