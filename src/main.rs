@@ -212,8 +212,7 @@ async fn probe(url: &str) -> anyhow::Result<u16> {
     let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| !p.ends_with(']') && !p.is_empty());
     let address = if has_port { authority.to_string() } else { format!("{authority}:80") };
     // "host:port", "1.2.3.4:port" and "[::1]:port" all resolve here.
-    let stream = tokio::net::TcpStream::connect(address.as_str()).await;
-    let mut stream = stream.map_err(|e| anyhow::anyhow!("cannot connect: {e}"))?;
+    let mut stream = tokio::net::TcpStream::connect(address.as_str()).await.map_err(|e| anyhow::anyhow!("cannot connect: {e}"))?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: herald-probe\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut head = Vec::with_capacity(256);
