@@ -8,9 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -27,7 +27,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     pub host: String,
@@ -77,7 +77,7 @@ impl ServerSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// HS256 secret. Empty: no HMAC key.
@@ -110,7 +110,7 @@ impl Default for AuthSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiSettings {
     /// Bearer keys accepted by the HTTP API. Empty: the API refuses every request.
@@ -132,7 +132,7 @@ impl ApiSettings {
 }
 
 /// Where the embedded default keeps its database, and the cluster mode its outbox.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
     /// Created when missing. The embedded default's database is `herald.db` in it; with Redis,
@@ -149,7 +149,7 @@ impl Default for StorageSettings {
 }
 
 /// Cluster mode: HTTP commands that cannot reach Redis wait on disk, in order, until it returns.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OutboxSettings {
     /// Commands the outbox holds at most; past that (or 0: no outbox) the API answers 503.
@@ -162,7 +162,7 @@ impl Default for OutboxSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
     /// Empty: the embedded default (one instance, everything in memory).
@@ -176,7 +176,7 @@ impl Default for RedisSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SocketIoSettings {
     pub namespaces: Vec<String>,
@@ -191,7 +191,7 @@ impl Default for SocketIoSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RoomSettings {
     /// Room patterns a client may `room:join`; `*` matches any run of characters.
@@ -211,7 +211,7 @@ impl Default for RoomSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
     pub max_rooms_per_socket: usize,
@@ -233,7 +233,7 @@ impl Default for LimitSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeliverySettings {
     /// Notifications replayed on reconnect; beyond it the newest ones plus an `offline_summary`.
@@ -263,7 +263,7 @@ impl Default for DeliverySettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PresenceSettings {
     /// A user (or a room member) whose last socket went away is still online this long: a page
@@ -289,7 +289,7 @@ impl PresenceSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookSettings {
     /// Where events are POSTed (each event to every URL). Empty: no webhooks.
@@ -391,6 +391,9 @@ impl Settings {
         if self.socketio.ping_interval_secs == 0 || self.socketio.ping_timeout_secs == 0 {
             return Err("socketio.ping_interval_secs and ping_timeout_secs must be positive".into());
         }
+        for origin in &self.server.cors_origins {
+            check_origin(origin).map_err(|why| format!("server.cors_origins: {origin:?} {why}"))?;
+        }
         if self.presence.instance_timeout_secs < 3 {
             return Err("presence.instance_timeout_secs must be at least 3".into());
         }
@@ -411,5 +414,245 @@ impl Settings {
             return Err("webhooks.max_attempts, max_queue, max_batch and timeout_secs must be positive".into());
         }
         Ok(())
+    }
+
+    /// The effective settings with every secret replaced by [`REDACTED`], for printing
+    /// (`herald config check`): see [`redact`].
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("settings are plain data");
+        redact(&mut value);
+        value
+    }
+
+    /// The redacted settings as TOML, in the layout of `config.toml`; it loads back as a
+    /// settings file (with the secrets replaced by the placeholder).
+    pub fn redacted_toml(&self) -> String {
+        to_toml(&self.redacted())
+    }
+}
+
+/// What a redacted secret reads as.
+pub const REDACTED: &str = "<redacted>";
+
+/// True for keys that hold a secret: `*secret`, `*password`, `*token`, `keys`, `*_keys`,
+/// `*_key` (not `public_key_pem`, a path). New secret keys named this way are redacted
+/// without further changes.
+fn is_secret_key(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["secret", "password", "passwd", "token", "_key", "_keys"].iter().any(|end| name.ends_with(end)) || name == "keys"
+}
+
+/// Replaces secrets in `value` (settings as JSON) by [`REDACTED`]: non-empty values of secret
+/// keys (each item of a list), and the password (or a lone user-info part, which some clients
+/// read as the password) of every URL, e.g. `redis://:pw@host` → `redis://:<redacted>@host`.
+/// Empty secrets stay empty, so the output still shows that a secret is missing.
+pub fn redact(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                if is_secret_key(key) {
+                    redact_all(item);
+                } else {
+                    redact(item);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        Value::String(s) => *s = redact_url(s),
+        _ => {}
+    }
+}
+
+fn redact_all(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if !s.is_empty() => *s = REDACTED.into(),
+        Value::Array(items) => items.iter_mut().for_each(redact_all),
+        Value::Object(map) => map.values_mut().for_each(redact_all),
+        Value::Number(_) | Value::Bool(_) => *value = Value::String(REDACTED.into()),
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host/...` with the password (or a user-info without `:`) redacted,
+/// and the values of `password`/`secret`/`token` query parameters; other strings unchanged.
+pub fn redact_url(s: &str) -> String {
+    let Some(scheme_end) = s.find("://") else { return s.to_string() };
+    let (scheme, rest) = s.split_at(scheme_end + 3);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (userinfo, host) = authority.split_at(at);
+            match userinfo.split_once(':') {
+                Some((user, password)) if !password.is_empty() => format!("{user}:{REDACTED}{host}"),
+                Some(_) => authority.to_string(),
+                None if userinfo.is_empty() => authority.to_string(),
+                None => format!("{REDACTED}{host}"),
+            }
+        }
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, v)) if is_secret_key(name) && !v.is_empty() => format!("{name}={REDACTED}"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            let fragment = fragment.map(|f| format!("#{f}")).unwrap_or_default();
+            format!("{path}?{}{fragment}", query.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
+/// Settings as JSON (sections of scalars and lists) → TOML text.
+fn to_toml(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn scalar(v: &Value) -> String {
+        match v {
+            // JSON string escapes are valid TOML basic-string escapes.
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => v.to_string(),
+            Value::Array(items) => format!("[{}]", items.iter().map(scalar).collect::<Vec<_>>().join(", ")),
+            Value::Null => "\"\"".into(),
+            Value::Object(_) => "{}".into(),
+        }
+    }
+    let mut out = String::new();
+    let Value::Object(sections) = value else { return out };
+    for (name, section) in sections {
+        out.push_str(&format!("[{name}]\n"));
+        if let Value::Object(keys) = section {
+            for (key, v) in keys {
+                out.push_str(&format!("{key} = {}\n", scalar(v)));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// An allowed browser origin is `*` or exactly what a browser sends: `scheme://host[:port]`,
+/// lowercase, no path, no trailing slash.
+fn check_origin(origin: &str) -> Result<(), &'static str> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return Err("is not an origin: expected \"*\" or scheme://host[:port], e.g. \"https://app.example.com\"");
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if !scheme_ok || host.is_empty() {
+        return Err("is not an origin: expected scheme://host[:port], e.g. \"https://app.example.com\"");
+    }
+    if host.contains(['/', '?', '#']) {
+        return Err("has a path or a trailing slash: browsers send the origin without one (scheme://host[:port])");
+    }
+    if !host.is_ascii() {
+        return Err("has non-ASCII characters: write the host in its punycode form (xn--...), as browsers send it");
+    }
+    if host.chars().any(|c| c.is_ascii_uppercase() || c.is_whitespace() || c.is_control()) {
+        return Err("must be lowercase without spaces: browsers send it that way, and it is compared exactly");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_hides_every_secret_and_keeps_the_rest() {
+        let mut s = Settings::default();
+        s.auth.jwt_secret = "s3cret-jwt".into();
+        s.api.keys = vec!["key-one".into(), "key-two".into()];
+        s.redis.url = "redis://herald:p%40ss@redis.internal:6379/0".into();
+        s.auth.public_key_pem = "/etc/herald/key.pem".into();
+        let text = s.redacted_toml();
+        for secret in ["s3cret-jwt", "key-one", "key-two", "p%40ss"] {
+            assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        }
+        assert!(text.contains("jwt_secret = \"<redacted>\""), "{text}");
+        assert!(text.contains("keys = [\"<redacted>\", \"<redacted>\"]"), "{text}");
+        assert!(text.contains("url = \"redis://herald:<redacted>@redis.internal:6379/0\""), "{text}");
+        assert!(text.contains("public_key_pem = \"/etc/herald/key.pem\""), "a path is not a secret: {text}");
+        assert!(text.contains("port = 5000"), "{text}");
+    }
+
+    #[test]
+    fn empty_secrets_stay_empty_so_a_missing_one_shows() {
+        let v = Settings::default().redacted();
+        assert_eq!(v["auth"]["jwt_secret"], "");
+        assert_eq!(v["api"]["keys"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn secret_keys_are_redacted_wherever_they_appear() {
+        let mut v = serde_json::json!({"webhook": {"signing_secret": "x", "url": "https://u:pw@hook.example/x?token=abc&a=1"},
+                                       "db": {"password": "pw", "api_key": 12}});
+        redact(&mut v);
+        assert_eq!(v["webhook"]["signing_secret"], REDACTED);
+        assert_eq!(v["webhook"]["url"], "https://u:<redacted>@hook.example/x?token=<redacted>&a=1");
+        assert_eq!(v["db"]["password"], REDACTED);
+        assert_eq!(v["db"]["api_key"], REDACTED);
+    }
+
+    #[test]
+    fn urls_lose_their_passwords_only() {
+        assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
+        assert_eq!(redact_url("redis://:pw@h:6379"), "redis://:<redacted>@h:6379");
+        assert_eq!(redact_url("rediss://user:pw@h/0#frag"), "rediss://user:<redacted>@h/0#frag");
+        assert_eq!(redact_url("redis://pw-alone@h"), "redis://<redacted>@h");
+        assert_eq!(redact_url("redis://user:@h"), "redis://user:@h");
+        assert_eq!(redact_url("redis://h/0?password=pw"), "redis://h/0?password=<redacted>");
+        assert_eq!(redact_url("not a url"), "not a url");
+        assert_eq!(redact_url("a://b@c@d"), "a://<redacted>@d");
+    }
+
+    #[test]
+    fn redacted_toml_loads_back_as_the_same_settings() {
+        let mut s = Settings::default();
+        s.server.cors_origins = vec!["https://app.example.com".into(), "quote\"and\\slash".into()];
+        s.auth.jwt_secret = "x".into();
+        let dir = std::env::temp_dir().join(format!("herald-redacted-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, s.redacted_toml()).unwrap();
+        let back = Settings::load(&path, true).expect("redacted output is a settings file");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(back.server.cors_origins, s.server.cors_origins);
+        assert_eq!(back.auth.jwt_secret, REDACTED);
+        assert_eq!(serde_json::to_value(&back.delivery).unwrap(), serde_json::to_value(&s.delivery).unwrap());
+    }
+
+    #[test]
+    fn origins_must_be_what_browsers_send() {
+        assert!(check_origin("*").is_ok());
+        assert!(check_origin("https://app.example.com").is_ok());
+        assert!(check_origin("http://localhost:3000").is_ok());
+        assert!(check_origin("capacitor://localhost").is_ok());
+        for bad in [
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "app.example.com",
+            "null",
+            "https://App.example.com",
+            "https://",
+            "HTTPS://a.b",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad}");
+        }
+        let mut s = Settings::default();
+        s.auth.jwt_secret = "x".into();
+        s.server.cors_origins = vec!["https://app.example.com/".into()];
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("server.cors_origins") && err.contains("trailing slash"), "{err}");
     }
 }

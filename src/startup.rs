@@ -24,7 +24,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::Layer;
-use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowCredentials, AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::auth::Verifier;
 use crate::cluster::driver::ResilientDriver;
@@ -216,19 +216,29 @@ async fn watch_redis(state: Arc<AppState>) {
     }
 }
 
+/// CORS for browsers (Socket.IO polling, and any page calling the HTTP endpoints).
+///
+/// - `"*"` alone: any origin, without credentials (`Access-Control-Allow-Origin: *`, no
+///   `Access-Control-Allow-Credentials`), as Node socket.io's `cors: {origin: "*"}` answers.
+///   A page on any site can read responses, but never with the user's cookies or HTTP auth.
+/// - Listed origins: that origin echoed, with `Access-Control-Allow-Credentials: true`.
+/// - `"*"` plus listed origins: every origin echoed, credentials for the listed ones only.
+/// - Any other origin: no CORS headers (the browser refuses to hand over the response).
+///
+/// Origins are checked by `Settings::validate` (`scheme://host[:port]`).
 fn cors_layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
-    let allow_origin = if origins.iter().any(|o| o == "*") {
-        AllowOrigin::mirror_request()
-    } else {
-        let list = origins
-            .iter()
-            .map(|o| HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("server.cors_origins: invalid origin {o:?}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        AllowOrigin::list(list)
-    };
-    Ok(CorsLayer::new()
-        .allow_origin(allow_origin)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers(AllowHeaders::mirror_request())
-        .allow_credentials(true))
+    let listed = origins
+        .iter()
+        .filter(|o| o.as_str() != "*")
+        .map(|o| HeaderValue::from_str(o).map_err(|_| anyhow::anyhow!("server.cors_origins: invalid origin {o:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let any = origins.iter().any(|o| o == "*");
+    let layer = CorsLayer::new().allow_methods([Method::GET, Method::POST, Method::OPTIONS]).allow_headers(AllowHeaders::mirror_request());
+    if any && listed.is_empty() {
+        return Ok(layer.allow_origin(AllowOrigin::any()));
+    }
+    let credentialed = listed.clone();
+    let credentials = AllowCredentials::predicate(move |origin, _| credentialed.iter().any(|l| l == origin));
+    let allow_origin = if any { AllowOrigin::mirror_request() } else { AllowOrigin::list(listed) };
+    Ok(layer.allow_origin(allow_origin).allow_credentials(credentials))
 }

@@ -83,17 +83,18 @@ describe('backend requests the Flask service accepted', () => {
 });
 
 describe('CORS (server.cors_origins)', () => {
-  test('"*" (default) mirrors any origin on polling requests', async () => {
+  test('"*" (default) allows any origin on polling requests, without credentials', async () => {
     const res = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling`, { headers: { origin: 'http://app.example' } });
     assert.equal(res.status, 200);
-    assert.equal(res.headers.get('access-control-allow-origin'), 'http://app.example');
-    assert.equal(res.headers.get('access-control-allow-credentials'), 'true');
+    assert.equal(res.headers.get('access-control-allow-origin'), '*');
+    assert.equal(res.headers.get('access-control-allow-credentials'), null);
     const pre = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling`, {
       method: 'OPTIONS',
       headers: { origin: 'http://app.example', 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type' },
     });
     assert.ok(pre.status === 200 || pre.status === 204, `preflight → ${pre.status}`);
-    assert.equal(pre.headers.get('access-control-allow-origin'), 'http://app.example');
+    assert.equal(pre.headers.get('access-control-allow-origin'), '*');
+    assert.equal(pre.headers.get('access-control-allow-credentials'), null);
   });
 
   test('a configured list allows only those origins', async () => {
@@ -101,6 +102,7 @@ describe('CORS (server.cors_origins)', () => {
     try {
       const good = await fetch(`${own.url}/socket.io/?EIO=4&transport=polling`, { headers: { origin: 'http://also.example' } });
       assert.equal(good.headers.get('access-control-allow-origin'), 'http://also.example');
+      assert.equal(good.headers.get('access-control-allow-credentials'), 'true');
       const evil = await fetch(`${own.url}/socket.io/?EIO=4&transport=polling`, { headers: { origin: 'http://evil.example' } });
       assert.equal(evil.headers.get('access-control-allow-origin'), null);
     } finally {

@@ -1,4 +1,11 @@
 //! HTTP routes: operations (`/health`, `/ready`, `/metrics`) and the backend API (`/api/v1/*`).
+//!
+//! Only the API needs a key. The key check runs for every request under `/api/v1` (a known
+//! route, an unknown one, a wrong method), before routing decides anything, so a caller
+//! without a key learns nothing about which API paths exist: 401. With a key, an unknown API
+//! path is a 404. Anything else unknown is a 404 without a key; every error body is
+//! `{"error": "<reason>"}`. (Socket.IO requests never reach this router: the Socket.IO layer
+//! in front of it takes `/socket.io/`.)
 
 mod api;
 mod health;
@@ -8,7 +15,9 @@ pub mod request_head;
 
 use std::sync::Arc;
 
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Json, Router};
@@ -25,14 +34,38 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/users/{user}/disconnect", post(api::disconnect_user))
         .route("/api/v1/presence/users/{user}", get(presence::user))
         .route("/api/v1/presence/users", post(presence::users))
-        .route("/api/v1/presence/rooms/{room}", get(presence::room))
-        .layer(middleware::from_fn_with_state(state.clone(), api::require_api_key));
+        .route("/api/v1/presence/rooms/{room}", get(presence::room));
     Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), api_key_for_api_paths))
         .with_state(state)
+}
+
+/// True for `/api/v1` and every path below it: the paths that need an API key.
+pub fn is_api_path(path: &str) -> bool {
+    path.strip_prefix("/api/v1").is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The API key check, for API paths only.
+async fn api_key_for_api_paths(state: State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if is_api_path(request.uri().path()) {
+        api::require_api_key(state, request, next).await
+    } else {
+        next.run(request).await
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "not found".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
 }
 
 /// An HTTP error with a JSON body `{"error": "<reason>"}`.
@@ -54,5 +87,20 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS.into());
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_api_path;
+
+    #[test]
+    fn api_paths_are_the_api_v1_prefix_only() {
+        for path in ["/api/v1", "/api/v1/", "/api/v1/notify", "/api/v1/nope/deeper"] {
+            assert!(is_api_path(path), "{path}");
+        }
+        for path in ["/", "/api", "/api/", "/api/v10/notify", "/api/v1notify", "/health", "/socket.io/", "/x/api/v1/notify"] {
+            assert!(!is_api_path(path), "{path}");
+        }
     }
 }
