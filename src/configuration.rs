@@ -25,6 +25,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub presence: PresenceSettings,
     pub webhooks: WebhookSettings,
+    pub admin: AdminSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -265,6 +266,23 @@ impl Default for DeliverySettings {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Where the dashboard is served (its data under `<path>/api/`).
+    pub path: String,
+    /// Keys that open the dashboard (`Authorization: Bearer <key>`). Empty: only tokens.
+    pub keys: Vec<String>,
+    /// A JWT (verified like a socket's) whose `role` is in this list opens it too. Empty: only keys.
+    pub roles: Vec<String>,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self { path: "/admin".into(), keys: vec![], roles: vec!["admin".into()] }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PresenceSettings {
     /// A user (or a room member) whose last socket went away is still online this long: a page
     /// reload or a quick reconnect is not an offline/online pair.
@@ -361,6 +379,8 @@ const LIST_KEYS: &[&str] = &[
     "presence.rooms",
     "webhooks.urls",
     "webhooks.events",
+    "admin.keys",
+    "admin.roles",
 ];
 
 impl Settings {
@@ -393,6 +413,10 @@ impl Settings {
         }
         for origin in &self.server.cors_origins {
             check_origin(origin).map_err(|why| format!("server.cors_origins: {origin:?} {why}"))?;
+        }
+        let admin = &self.admin.path;
+        if !admin.starts_with('/') || admin.len() < 2 || admin.ends_with('/') || admin.starts_with("/api/") || admin.starts_with("/socket.io") {
+            return Err(format!("admin.path: {admin:?} must be a path like \"/admin\" (not / nor under /api or /socket.io)"));
         }
         if self.presence.instance_timeout_secs < 3 {
             return Err("presence.instance_timeout_secs must be at least 3".into());

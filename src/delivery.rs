@@ -100,6 +100,17 @@ pub trait Sockets: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, ()>;
     /// Sockets on every instance (asks the others through the adapter).
     fn cluster_connections(&self) -> BoxFuture<'_, Result<usize, String>>;
+    /// This instance's sockets by transport, and its `top` rooms with the most sockets (rooms
+    /// shared by several users: not sid, user or device rooms).
+    fn census(&self, top: usize) -> Census;
+}
+
+/// What [`Sockets::census`] counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Census {
+    pub websocket: usize,
+    pub polling: usize,
+    pub rooms: Vec<(String, usize)>,
 }
 
 impl<A: Adapter> Sockets for SocketIo<A> {
@@ -123,6 +134,30 @@ impl<A: Adapter> Sockets for SocketIo<A> {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(SocketIo::close(self))
+    }
+
+    fn census(&self, top: usize) -> Census {
+        let mut census = Census::default();
+        let mut rooms: HashMap<String, usize> = HashMap::new();
+        for ns in self.nsps() {
+            for socket in ns.local().sockets() {
+                match socket.transport_type() {
+                    socketioxide::TransportType::Websocket => census.websocket += 1,
+                    socketioxide::TransportType::Polling => census.polling += 1,
+                }
+                let sid = socket.id.to_string();
+                for room in socket.rooms() {
+                    if room != sid.as_str() && !room.starts_with("user_") {
+                        *rooms.entry(room.to_string()).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let mut rooms: Vec<(String, usize)> = rooms.into_iter().collect();
+        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        rooms.truncate(top);
+        census.rooms = rooms;
+        census
     }
 
     fn cluster_connections(&self) -> BoxFuture<'_, Result<usize, String>> {
@@ -329,6 +364,11 @@ impl Delivery {
     /// Who is told of every notification stored here (the webhooks).
     pub fn set_stored_listener(&self, listener: Arc<dyn StoredListener>) {
         *self.inner.stored_listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+
+    /// This instance's sockets by transport and its busiest rooms (the dashboard).
+    pub fn census(&self, top: usize) -> Census {
+        self.inner.sockets.census(top)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

@@ -19,6 +19,7 @@ pub mod routes;
 pub mod seen;
 pub mod socket;
 pub mod startup;
+pub mod stats;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -176,6 +176,9 @@ fn warnings(settings: &Settings) -> Vec<String> {
                 .into(),
         );
     }
+    if settings.admin.keys.iter().any(|k| k.starts_with("dev-")) {
+        out.push("the development admin key of the shipped config.toml opens the dashboard: set HERALD__ADMIN__KEYS".into());
+    }
     if settings.api.keys.iter().all(|k| k.is_empty()) {
         out.push("api.keys is empty: the HTTP API refuses every request".into());
     }
@@ -236,6 +239,9 @@ async fn probe(url: &str) -> anyhow::Result<u16> {
 fn warn_about_development_secrets(settings: &Settings) {
     if settings.auth.jwt_secret.starts_with("dev-") || settings.api.keys.iter().any(|k| k.starts_with("dev-")) {
         tracing::warn!("running with the development jwt_secret / api key from config.toml: set HERALD__AUTH__JWT_SECRET and HERALD__API__KEYS in production");
+    }
+    if settings.admin.keys.iter().any(|k| k.starts_with("dev-")) {
+        tracing::warn!("the development admin key from config.toml opens the dashboard: set HERALD__ADMIN__KEYS in production");
     }
 }
 

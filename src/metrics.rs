@@ -51,6 +51,12 @@ impl Metrics {
         h.sum += seconds;
     }
 
+    /// The sum of every series of the counter `name` (the dashboard's rates).
+    pub fn total(&self, name: &str) -> u64 {
+        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        counters.get(name).map_or(0, |series| series.values().sum())
+    }
+
     /// The current value of one series.
     #[cfg(test)]
     fn get(&self, name: &str, labels: &[(&'static str, &str)]) -> u64 {

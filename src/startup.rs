@@ -93,6 +93,9 @@ impl Application {
         tasks.push(tokio::spawn(crate::seen::keep_marks(state.seen.clone(), state.delivery.clone())));
         let hooks = state.webhooks.clone().map(|w| w as Arc<dyn crate::presence::Listener>);
         tasks.push(tokio::spawn(crate::presence::run(state.presence.clone(), state.delivery.clone(), hooks)));
+        if let Some(gated) = &state.bookkeeping {
+            tasks.push(tokio::spawn(crate::stats::publish(state.clone(), gated.clone())));
+        }
         if let Some(webhooks) = &state.webhooks {
             state.delivery.set_stored_listener(webhooks.clone());
             tasks.push(tokio::spawn(webhooks.clone().run()));

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::auth::Verifier;
 use crate::cluster::driver::ResilientDriver;
+use crate::cluster::gated::Gated;
 use crate::configuration::Settings;
 use crate::delivery::Delivery;
 use crate::ingress::listener::IngressStatus;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub redis: Option<ResilientDriver>,
     /// Who is online, cluster-wide (in memory in the embedded default).
     pub presence: Arc<Presence>,
+    /// Redis for Herald's own bookkeeping (cluster mode): presence, webhooks, dashboard stats.
+    pub bookkeeping: Option<Gated>,
     /// Calls to the backend's webhooks (`None` without `webhooks.urls`).
     pub webhooks: Option<Arc<Webhooks>>,
     pub ingress: Arc<IngressStatus>,
@@ -60,20 +63,22 @@ impl AppState {
         let node_id = settings.server.node_id();
         let instance_id = settings.server.instance_id();
         let grace = settings.presence.grace();
-        let backend: Arc<dyn Backend> = match &redis {
+        // One connection for Herald's own bookkeeping (presence, webhooks, dashboard stats).
+        let bookkeeping = redis.as_ref().map(|driver| Gated::new(&settings.redis.url, driver.watch_state())).transpose()?;
+        let backend: Arc<dyn Backend> = match &bookkeeping {
             None => Arc::new(MemoryPresence::new(grace)),
-            Some(driver) => {
+            Some(gated) => {
                 let timeout = std::time::Duration::from_secs(settings.presence.instance_timeout_secs);
-                Arc::new(RedisPresence::new(&settings.redis.url, driver.watch_state(), &instance_id, grace, timeout)?)
+                Arc::new(RedisPresence::new(gated.clone(), &instance_id, grace, timeout))
             }
         };
         let presence = Arc::new(Presence::new(backend, &settings.presence));
         let webhooks = match settings.webhooks.urls.is_empty() {
             true => None,
             false => {
-                let pending: Arc<dyn crate::webhooks::pending::Pending> = match &redis {
+                let pending: Arc<dyn crate::webhooks::pending::Pending> = match &bookkeeping {
                     None => Arc::new(crate::webhooks::pending::MemoryPending::default()),
-                    Some(driver) => Arc::new(crate::webhooks::pending::RedisPending::new(&settings.redis.url, driver.watch_state())?),
+                    Some(gated) => Arc::new(crate::webhooks::pending::RedisPending::new(gated.clone())),
                 };
                 let hooks = Webhooks::new(&settings.webhooks, pending, presence.clone(), delivery.store().clone(), metrics.clone())?;
                 Some(Arc::new(hooks))
@@ -100,6 +105,7 @@ impl AppState {
             metrics,
             started_at: Instant::now(),
             presence,
+            bookkeeping,
             webhooks,
             redis,
             ingress: Arc::default(),

@@ -25,13 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
-use tokio::sync::watch;
 
 use super::{Backend, Change, Changed, Member, Scope, UserPresence};
 use crate::cluster::channels::node_channel;
-use crate::cluster::redis_state::RedisState;
+use crate::cluster::gated::Gated;
 use crate::notification::now_ms;
 
 const INSTANCES: &str = "herald:instances";
@@ -111,8 +110,7 @@ return 0
 "#;
 
 pub struct RedisPresence {
-    connection: ConnectionManager,
-    redis_state: watch::Receiver<RedisState>,
+    redis: Gated,
     instance: String,
     grace_ms: u64,
     timeout: Duration,
@@ -145,15 +143,9 @@ fn keys(scope: &Scope, user: &str, instance: &str) -> [String; 6] {
 }
 
 impl RedisPresence {
-    pub fn new(url: &str, redis_state: watch::Receiver<RedisState>, instance: &str, grace: Duration, timeout: Duration) -> redis::RedisResult<Self> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(1000)))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)?;
-        Ok(RedisPresence {
-            connection,
-            redis_state,
+    pub fn new(redis: Gated, instance: &str, grace: Duration, timeout: Duration) -> RedisPresence {
+        RedisPresence {
+            redis,
             instance: instance.to_string(),
             grace_ms: grace.as_millis() as u64,
             timeout,
@@ -161,14 +153,11 @@ impl RedisPresence {
             change: Script::new(CHANGE),
             remove: Script::new(REMOVE),
             finish: Script::new(FINISH),
-        })
+        }
     }
 
     fn conn(&self) -> Result<ConnectionManager, String> {
-        match *self.redis_state.borrow() {
-            RedisState::Up => Ok(self.connection.clone()),
-            RedisState::Down => Err("redis is down".into()),
-        }
+        self.redis.get()
     }
 
     async fn change_now(&self, conn: &mut ConnectionManager, change: &Change) -> Result<Changed, String> {

@@ -7,6 +7,7 @@
 //! `{"error": "<reason>"}`. (Socket.IO requests never reach this router: the Socket.IO layer
 //! in front of it takes `/socket.io/`.)
 
+mod admin;
 mod api;
 mod health;
 mod presence;
@@ -40,6 +41,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .merge(api)
+        .merge(admin::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), api_key_for_api_paths))

@@ -11,11 +11,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::Script;
-use tokio::sync::watch;
 
-use crate::cluster::redis_state::RedisState;
+use crate::cluster::gated::Gated;
 
 pub trait Pending: Send + Sync + 'static {
     /// Adds a missed notification to `user`'s batch (sent at `due` if it is the batch's first).
@@ -108,27 +107,18 @@ return items
 "#;
 
 pub struct RedisPending {
-    connection: ConnectionManager,
-    redis_state: watch::Receiver<RedisState>,
+    redis: Gated,
     add: Script,
     take: Script,
 }
 
 impl RedisPending {
-    pub fn new(url: &str, redis_state: watch::Receiver<RedisState>) -> redis::RedisResult<RedisPending> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_millis(500)))
-            .set_response_timeout(Some(std::time::Duration::from_millis(1000)))
-            .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)?;
-        Ok(RedisPending { connection, redis_state, add: Script::new(ADD), take: Script::new(TAKE) })
+    pub fn new(redis: Gated) -> RedisPending {
+        RedisPending { redis, add: Script::new(ADD), take: Script::new(TAKE) }
     }
 
     fn conn(&self) -> Result<ConnectionManager, String> {
-        match *self.redis_state.borrow() {
-            RedisState::Up => Ok(self.connection.clone()),
-            RedisState::Down => Err("redis is down".into()),
-        }
+        self.redis.get()
     }
 }
 
