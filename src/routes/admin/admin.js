@@ -71,9 +71,9 @@
       const pts = history.map((h, i) => `${(i / (HISTORY - 1)) * W},${H - 4 - ((h.rates[s.key] || 0) / max) * (H - 12)}`).join(' ');
       if (history.length > 1) html += `<polyline fill="none" stroke="${s.color}" stroke-width="2" vector-effect="non-scaling-stroke" points="${pts}"/>`;
     }
-    html += `<text x="4" y="14" fill="#8a94ab" font-size="11">${max.toFixed(max < 10 ? 1 : 0)}/s</text>`;
     svg.innerHTML = html;
     const legend = $('legend'); legend.textContent = '';
+    legend.appendChild(text('b', `top of the chart: ${max.toFixed(max < 10 ? 1 : 0)}/s`));
     const last = history[history.length - 1]?.rates || {};
     for (const s of SERIES) {
       const span = text('span', `${s.label} ${(last[s.key] ?? 0).toFixed(1)}/s`);
