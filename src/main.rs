@@ -204,35 +204,14 @@ fn probe_address(settings: &Settings) -> String {
     format!("{host}:{}", settings.server.port)
 }
 
-/// One HTTP/1.1 GET; the status code of the answer.
+/// One HTTP GET (no redirects followed); the status code of the answer.
 async fn probe(url: &str) -> anyhow::Result<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("only http:// URLs can be probed"))?;
-    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
-    if authority.is_empty() || authority.contains('@') {
-        anyhow::bail!("expected http://host[:port]/path");
+    if !url.starts_with("http://") {
+        anyhow::bail!("only http:// URLs can be probed");
     }
-    let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| !p.ends_with(']') && !p.is_empty());
-    let address = if has_port { authority.to_string() } else { format!("{authority}:80") };
-    // "host:port", "1.2.3.4:port" and "[::1]:port" all resolve here.
-    let mut stream = tokio::net::TcpStream::connect(address.as_str()).await.map_err(|e| anyhow::anyhow!("cannot connect: {e}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: herald-probe\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut head = Vec::with_capacity(256);
-    let mut buf = [0u8; 256];
-    while !head.windows(2).any(|w| w == b"\r\n") {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 || head.len() > 8192 {
-            anyhow::bail!("no HTTP status line in the answer");
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let status = line.split_whitespace().nth(1).and_then(|code| code.parse::<u16>().ok());
-    match (line.starts_with("HTTP/"), status) {
-        (true, Some(status)) => Ok(status),
-        _ => anyhow::bail!("not an HTTP answer: {:?}", line.lines().next().unwrap_or_default()),
-    }
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).user_agent("herald-probe").build()?;
+    let response = client.get(url).send().await.map_err(|e| anyhow::anyhow!("cannot connect: {e}"))?;
+    Ok(response.status().as_u16())
 }
 
 /// The shipped `config.toml` carries development credentials so the first run works; say so.
