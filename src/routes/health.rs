@@ -62,11 +62,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let outages = state.redis.as_ref().map_or(0, |r| r.outages()) as f64;
     let dropped = state.redis.as_ref().map_or(0, |r| r.dropped_messages()) as f64;
     let body = state.metrics.render(&[
-        ("herald_connections", "Sockets connected to this instance", state.connections.total() as f64),
-        ("herald_uptime_seconds", "Seconds since this instance started", state.started_at.elapsed().as_secs_f64()),
-        ("herald_redis_up", "1 when Redis is reachable, 0 when not, -1 without Redis", redis_up),
-        ("herald_redis_outages", "Redis outages since start", outages),
-        ("herald_redis_messages_dropped", "Redis pub/sub messages dropped because this instance did not keep up", dropped),
+        ("herald_connections", state.connections.total() as f64),
+        ("herald_uptime_seconds", state.started_at.elapsed().as_secs_f64()),
+        ("herald_redis_up", redis_up),
+        ("herald_redis_outages", outages),
+        ("herald_redis_messages_dropped", dropped),
     ]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body)
 }
