@@ -1,34 +1,45 @@
-//! HTTP routes: operations (`/health`, `/ready`, `/metrics`) and the backend API (`/api/v1/*`).
+//! HTTP routes: operations (`/health`, `/ready`, `/metrics`, `/api/v1/openapi.json`) and the
+//! backend API (`/api/v1/*`).
 
 mod api;
 mod health;
 pub mod origin;
 pub mod request_head;
+mod schema;
 
 use std::sync::Arc;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{middleware, Json, Router};
+use axum::{middleware, Extension, Json, Router};
 use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
-        .route("/api/v1/notify", post(api::notify))
-        .route("/api/v1/emit", post(api::emit))
-        .route("/api/v1/users/{user}/notifications", get(api::user_notifications))
-        .route("/api/v1/users/{user}/notifications/read", post(api::mark_user_notifications_read))
-        .route("/api/v1/users/{user}/disconnect", post(api::disconnect_user))
+    let (router, openapi) = described_routes(state.clone()).split_for_parts();
+    router.layer(Extension(schema::Document::new(&openapi))).with_state(state)
+}
+
+/// Every route, each with its OpenAPI description: the router and the document served at
+/// `/api/v1/openapi.json` are both made from this, so they cannot drift apart.
+fn described_routes(state: Arc<AppState>) -> OpenApiRouter<Arc<AppState>> {
+    let api = OpenApiRouter::new()
+        .routes(routes!(api::notify))
+        .routes(routes!(api::emit))
+        .routes(routes!(api::user_notifications))
+        .routes(routes!(api::mark_user_notifications_read))
+        .routes(routes!(api::disconnect_user))
         .layer(middleware::from_fn_with_state(state.clone(), api::require_api_key));
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
+    OpenApiRouter::with_openapi(schema::ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(schema::document))
         .merge(api)
-        .with_state(state)
 }
 
 /// An HTTP error with a JSON body `{"error": "<reason>"}`.
