@@ -174,3 +174,18 @@ async fn the_documented_request_examples_are_accepted() {
         assert_eq!(status, expected, "{template} with {body}: {}", response.text().await.unwrap());
     }
 }
+
+/// The operations endpoints answer the content type their documented 200 says.
+#[tokio::test]
+async fn the_operations_endpoints_answer_the_documented_content_type() {
+    let app = spawn_app().await;
+    let document = document(&app).await;
+    for path in ["/health", "/ready", "/metrics", "/api/v1/openapi.json"] {
+        let content = document["paths"][path]["get"]["responses"]["200"]["content"].as_object().expect(path);
+        assert_eq!(content.len(), 1, "{path}");
+        let documented = content.keys().next().unwrap();
+        let response = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_eq!(response.headers()["content-type"].to_str().unwrap(), documented, "{path}");
+    }
+}
