@@ -171,10 +171,13 @@ enum GaugeSlot {
     Fractional(Gauge<f64, AtomicU64>),
 }
 
+type Counters = Series<Counter, fn() -> Counter>;
+type Histograms = Series<Histogram, fn() -> Histogram>;
+
 pub struct Metrics {
     registry: Registry,
-    counters: HashMap<&'static str, Series<Counter, fn() -> Counter>>,
-    histograms: HashMap<&'static str, Series<Histogram, fn() -> Histogram>>,
+    counters: HashMap<&'static str, Counters>,
+    histograms: HashMap<&'static str, Histograms>,
     gauges: HashMap<&'static str, GaugeSlot>,
 }
 
