@@ -357,18 +357,13 @@ async fn maintain(presence: &Presence) {
 
 async fn announce(delivery: &Delivery, listener: Option<&dyn Listener>, transition: Transition) {
     tracing::debug!(?transition, "presence");
-    delivery.metrics().inc(
-        "herald_presence_transitions_total",
-        &[(
-            "kind",
-            match &transition {
-                Transition::Online { scope: Scope::User, .. } => "online",
-                Transition::Offline { scope: Scope::User, .. } => "offline",
-                Transition::Online { .. } => "join",
-                Transition::Offline { .. } => "leave",
-            },
-        )],
-    );
+    let kind = match &transition {
+        Transition::Online { scope: Scope::User, .. } => "online",
+        Transition::Offline { scope: Scope::User, .. } => "offline",
+        Transition::Online { .. } => "join",
+        Transition::Offline { .. } => "leave",
+    };
+    delivery.metrics().inc("herald_presence_transitions_total", &[("kind", kind)]);
     match &transition {
         Transition::Online { scope: Scope::Room { namespace, room }, user } => room_event(delivery, namespace, room, user, JOIN_EVENT).await,
         Transition::Offline { scope: Scope::Room { namespace, room }, user } => room_event(delivery, namespace, room, user, LEAVE_EVENT).await,

@@ -14,6 +14,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value as Json_};
 
+use super::schema::{
+    Accepted as AcceptedBody, EmitRequest, ErrorBody, History, HistoryParams, IdempotencyKey, NotifyAccepted, NotifyRequest,
+    ReadRequest as ReadBody, Unread,
+};
 use super::ApiError;
 use crate::delivery::{Command, Target};
 use crate::notification::{iso_now, Notification, EVENT};
@@ -197,6 +201,25 @@ async fn submit(state: &AppState, submission: Submission) -> Result<Accepted, Ap
 }
 
 /// `POST /api/v1/notify`: builds the envelope and delivers it to each recipient room.
+#[utoipa::path(
+    post,
+    path = "/api/v1/notify",
+    tag = "api",
+    operation_id = "notify",
+    summary = "Send a notification (event `notification`) to users, a role, a project, a room or everyone",
+    params(IdempotencyKey),
+    request_body(content = NotifyRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored (with Redis: stored and published to every instance) and delivered to the connected recipients; or, while Redis is unreachable, queued in this instance's on-disk outbox (`{\"id\": null, \"queued\": true}`), stored and delivered as soon as Redis returns", body = NotifyAccepted,
+            examples(("stored" = (value = json!({"id": "1795512542340-0"}))), ("queued" = (value = json!({"id": null, "queued": true}))))),
+        (status = 400, description = "A bad body, parameter or idempotency key: the reason names the field at fault", body = ErrorBody),
+        (status = 401, description = "No API key, or a key not in `api.keys`", body = ErrorBody),
+        (status = 413, description = "A body over 2 MiB", content_type = "text/plain", body = String),
+        (status = 503, description = "Nothing was done: the store cannot write, or Redis is unreachable and the outbox is full (or disabled). Retry after `Retry-After` seconds, with the same idempotency key", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn notify(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let body = parse_object(&body)?;
     let recipients = recipients(body.get("to"))?;
@@ -229,6 +252,25 @@ pub async fn notify(State(state): State<Arc<AppState>>, headers: HeaderMap, body
 const RESERVED_EVENTS: [&str; 6] = ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"];
 
 /// `POST /api/v1/emit`: any event with any arguments, to rooms minus exceptions.
+#[utoipa::path(
+    post,
+    path = "/api/v1/emit",
+    tag = "api",
+    operation_id = "emit",
+    summary = "Emit any event with any arguments to rooms (or the whole namespace), minus exceptions",
+    params(IdempotencyKey),
+    request_body(content = EmitRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Applied on every instance; or queued in the outbox while Redis is unreachable", body = AcceptedBody,
+            examples(("applied" = (value = json!({"ok": true}))), ("queued" = (value = json!({"ok": true, "queued": true}))))),
+        (status = 400, description = "A bad body, parameter or idempotency key: the reason names the field at fault", body = ErrorBody),
+        (status = 401, description = "No API key, or a key not in `api.keys`", body = ErrorBody),
+        (status = 413, description = "A body over 2 MiB", content_type = "text/plain", body = String),
+        (status = 503, description = "Nothing was done: the store cannot write, or Redis is unreachable and the outbox is full (or disabled). Retry after `Retry-After` seconds, with the same idempotency key", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn emit(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<impl IntoResponse, ApiError> {
     let body = parse_object(&body)?;
     let key = idempotency_key(&state, &headers, &body, "emit")?;
@@ -255,6 +297,25 @@ pub async fn emit(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
 }
 
 /// `GET /api/v1/users/<id>/notifications?after=&before=&limit=` → `{"items": [...], "unread": N}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/users/{user}/notifications",
+    tag = "api",
+    operation_id = "user_notifications",
+    summary = "A user's stored notifications, newest first, with the unread count",
+    params(
+        ("user" = String, Path, description = "The user id (as in the token's user id claim)"),
+        HistoryParams,
+    ),
+    responses(
+        (status = 200, description = "The page of stored notifications", body = History),
+        (status = 400, description = "A bad `after`, `before` or `limit`: the reason names the parameter at fault", body = ErrorBody),
+        (status = 401, description = "No API key, or a key not in `api.keys`", body = ErrorBody),
+        (status = 503, description = "The store is unavailable (e.g. Redis is unreachable): retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn user_notifications(
     State(state): State<Arc<AppState>>,
     Path(user): Path<String>,
@@ -277,6 +338,24 @@ pub async fn user_notifications(
 }
 
 /// `POST /api/v1/users/<id>/notifications/read` `{"ids": [...]}` or `{"up_to": id}` → `{"ok": true, "unread": N}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user}/notifications/read",
+    tag = "api",
+    operation_id = "mark_user_notifications_read",
+    summary = "Mark a user's stored notifications read",
+    params(("user" = String, Path, description = "The user id (as in the token's user id claim)")),
+    request_body(content = ReadBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Marked; the unread count that remains", body = Unread),
+        (status = 400, description = "A bad body: the reason names the field at fault", body = ErrorBody),
+        (status = 401, description = "No API key, or a key not in `api.keys`", body = ErrorBody),
+        (status = 413, description = "A body over 2 MiB", content_type = "text/plain", body = String),
+        (status = 503, description = "The store is unavailable (e.g. Redis is unreachable): retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn mark_user_notifications_read(
     State(state): State<Arc<AppState>>,
     Path(user): Path<String>,
@@ -295,6 +374,21 @@ fn store_down(e: crate::store::StoreError) -> ApiError {
 
 /// `POST /api/v1/users/<id>/disconnect`: every socket of the user, on every instance and in
 /// every namespace (e.g. after a password change).
+#[utoipa::path(
+    post,
+    path = "/api/v1/users/{user}/disconnect",
+    tag = "api",
+    operation_id = "disconnect_user",
+    summary = "Disconnect every socket of a user, on every instance and in every namespace (e.g. after a password change)",
+    params(("user" = String, Path, description = "The user id (as in the token's user id claim)")),
+    responses(
+        (status = 202, description = "Applied on every instance; or queued in the outbox while Redis is unreachable", body = AcceptedBody),
+        (status = 401, description = "No API key, or a key not in `api.keys`", body = ErrorBody),
+        (status = 503, description = "Nothing was done: the store cannot write, or Redis is unreachable and the outbox is full (or disabled). Retry after `Retry-After` seconds, with the same idempotency key", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn disconnect_user(State(state): State<Arc<AppState>>, Path(user): Path<String>) -> Result<impl IntoResponse, ApiError> {
     let parts =
         state.settings.socketio.namespaces.iter().map(|ns| Command::Disconnect { target: Target::rooms(ns, vec![user_room(&user)]) });

@@ -9,11 +9,20 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
+use super::schema::{Health, Readiness};
 use crate::state::AppState;
 
 /// How long `/health` waits for the other instances' socket counts.
 const CLUSTER_COUNT_TIMEOUT: Duration = Duration::from_millis(1000);
 
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    operation_id = "health",
+    summary = "Liveness, this instance's sockets and Redis state",
+    responses((status = 200, description = "The instance is alive", body = Health))
+)]
 pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let mut body = json!({
         "status": "ok",
@@ -43,6 +52,18 @@ pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     Json(body)
 }
 
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "operations",
+    operation_id = "ready",
+    summary = "Readiness for traffic",
+    responses(
+        (status = 200, description = "Ready", body = Readiness, example = json!({"status": "ready"})),
+        (status = 503, description = "Draining (shutting down), or a configured Redis was not reached yet", body = Readiness,
+            examples(("draining" = (value = json!({"status": "draining"}))), ("waiting" = (value = json!({"status": "waiting for redis"}))))),
+    )
+)]
 pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
@@ -53,6 +74,14 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    operation_id = "metrics",
+    summary = "Prometheus metrics (text format 0.0.4)",
+    responses((status = 200, description = "Every metric of this instance", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String))
+)]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let redis_up = match state.redis_status() {
         "up" => 1.0,
@@ -62,12 +91,12 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let outages = state.redis.as_ref().map_or(0, |r| r.outages()) as f64;
     let dropped = state.redis.as_ref().map_or(0, |r| r.dropped_messages()) as f64;
     let body = state.metrics.render(&[
-        ("herald_connections", "Sockets connected to this instance", state.connections.total() as f64),
-        ("herald_uptime_seconds", "Seconds since this instance started", state.started_at.elapsed().as_secs_f64()),
-        ("herald_redis_up", "1 when Redis is reachable, 0 when not, -1 without Redis", redis_up),
-        ("herald_redis_outages", "Redis outages since start", outages),
-        ("herald_redis_messages_dropped", "Redis pub/sub messages dropped because this instance did not keep up", dropped),
-        ("herald_webhook_queue", "Webhook calls waiting or in flight on this instance", state.webhooks.as_ref().map_or(0, |w| w.queue_depth()) as f64),
+        ("herald_connections", state.connections.total() as f64),
+        ("herald_uptime_seconds", state.started_at.elapsed().as_secs_f64()),
+        ("herald_redis_up", redis_up),
+        ("herald_redis_outages", outages),
+        ("herald_redis_messages_dropped", dropped),
+        ("herald_webhook_queue", state.webhooks.as_ref().map_or(0, |w| w.queue_depth()) as f64),
     ]);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], body)
 }

@@ -1,11 +1,17 @@
-//! HTTP routes: operations (`/health`, `/ready`, `/metrics`) and the backend API (`/api/v1/*`).
+//! HTTP routes: operations (`/health`, `/ready`, `/metrics`, `/api/v1/openapi.json`), the
+//! backend API (`/api/v1/*`) and the dashboard (`admin.path`).
 //!
 //! Only the API needs a key. The key check runs for every request under `/api/v1` (a known
 //! route, an unknown one, a wrong method), before routing decides anything, so a caller
 //! without a key learns nothing about which API paths exist: 401. With a key, an unknown API
-//! path is a 404. Anything else unknown is a 404 without a key; every error body is
-//! `{"error": "<reason>"}`. (Socket.IO requests never reach this router: the Socket.IO layer
-//! in front of it takes `/socket.io/`.)
+//! path is a 404. `/api/v1/openapi.json` (a description, it grants nothing) needs no key.
+//! Anything else unknown is a 404 without a key; every error body is `{"error": "<reason>"}`.
+//! (Socket.IO requests never reach this router: the Socket.IO layer in front of it takes
+//! `/socket.io/`.)
+//!
+//! Every API and operations route is declared once in an `OpenApiRouter` with its
+//! `#[utoipa::path]`: the router and the OpenAPI document both come from it, so they cannot
+//! drift apart.
 
 mod admin;
 mod api;
@@ -13,6 +19,7 @@ mod health;
 mod presence;
 pub mod origin;
 pub mod request_head;
+mod schema;
 
 use std::sync::Arc;
 
@@ -20,32 +27,41 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{middleware, Json, Router};
+use axum::{middleware, Extension, Json, Router};
 use serde_json::json;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let api = Router::new()
-        .route("/api/v1/notify", post(api::notify))
-        .route("/api/v1/emit", post(api::emit))
-        .route("/api/v1/users/{user}/notifications", get(api::user_notifications))
-        .route("/api/v1/users/{user}/notifications/read", post(api::mark_user_notifications_read))
-        .route("/api/v1/users/{user}/disconnect", post(api::disconnect_user))
-        .route("/api/v1/presence/users/{user}", get(presence::user))
-        .route("/api/v1/presence/users", post(presence::users))
-        .route("/api/v1/presence/rooms/{room}", get(presence::room));
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics))
-        .merge(api)
+    let (router, openapi) = described_routes().split_for_parts();
+    router
+        .layer(Extension(schema::Document::new(&openapi)))
         .merge(admin::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), api_key_for_api_paths))
         .with_state(state)
+}
+
+/// Every API and operations route, each with its OpenAPI description: the router and the
+/// document served at `/api/v1/openapi.json` are both made from this.
+fn described_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(schema::ApiDoc::openapi())
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::metrics))
+        .routes(routes!(schema::document))
+        .routes(routes!(api::notify))
+        .routes(routes!(api::emit))
+        .routes(routes!(api::user_notifications))
+        .routes(routes!(api::mark_user_notifications_read))
+        .routes(routes!(api::disconnect_user))
+        .routes(routes!(presence::user))
+        .routes(routes!(presence::users))
+        .routes(routes!(presence::room))
 }
 
 /// True for `/api/v1` and every path below it: the paths that need an API key.
@@ -55,7 +71,7 @@ pub fn is_api_path(path: &str) -> bool {
 
 /// The API key check, for API paths only.
 async fn api_key_for_api_paths(state: State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    if is_api_path(request.uri().path()) {
+    if is_api_path(request.uri().path()) && request.uri().path() != "/api/v1/openapi.json" {
         api::require_api_key(state, request, next).await
     } else {
         next.run(request).await

@@ -19,6 +19,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::schema::{BulkPresence, BulkPresenceRequest, ErrorBody, RoomPresence, RoomPresenceParams, UserPresence};
 use super::ApiError;
 use crate::state::AppState;
 
@@ -37,6 +38,21 @@ fn iso(ms: u64) -> Value {
         .unwrap_or(Value::Null)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/presence/users/{user}",
+    tag = "api",
+    operation_id = "user_presence",
+    summary = "Is a user online, on how many sockets and devices, since when",
+    params(("user" = String, Path, description = "The user id")),
+    responses(
+        (status = 200, description = "The user's presence (offline users too)", body = UserPresence),
+        (status = 401, description = "No API key, or a key not in `api.keys`", body = ErrorBody),
+        (status = 503, description = "Presence is unavailable (Redis is unreachable): retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn user(State(state): State<Arc<AppState>>, Path(user): Path<String>) -> Result<Json<Value>, ApiError> {
     let presence = state.presence.user(&user).await.map_err(unavailable)?;
     Ok(Json(json!({
@@ -48,6 +64,22 @@ pub async fn user(State(state): State<Arc<AppState>>, Path(user): Path<String>) 
     })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/presence/users",
+    tag = "api",
+    operation_id = "users_presence",
+    summary = "Which of many users are online (e.g. toast or e-mail for 1,000 users in one call)",
+    request_body(content = BulkPresenceRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The online and offline ids, in the order given", body = BulkPresence),
+        (status = 400, description = "Not `{\"users\": [ids]}`, a bad id, or more than 10,000 ids", body = ErrorBody),
+        (status = 401, description = "No API key, or a key not in `api.keys`", body = ErrorBody),
+        (status = 503, description = "Presence is unavailable (Redis is unreachable): retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn users(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let body: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body is not valid JSON: {e}")))?;
     let ids = body.get("users").and_then(Value::as_array).ok_or_else(|| ApiError::bad_request("expected {\"users\": [ids]}"))?;
@@ -69,6 +101,23 @@ pub async fn users(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Js
     Ok(Json(json!({ "count": on.len(), "online": on, "offline": off })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/presence/rooms/{room}",
+    tag = "api",
+    operation_id = "room_presence",
+    summary = "The users in a room with presence (`presence.rooms`), paginated, with a count",
+    params(("room" = String, Path, description = "The room name"), RoomPresenceParams),
+    responses(
+        (status = 200, description = "A page of members, oldest first", body = RoomPresence),
+        (status = 400, description = "A bad `offset`, `limit` or `namespace`", body = ErrorBody),
+        (status = 404, description = "The room has no presence (no `presence.rooms` pattern matches it)", body = ErrorBody),
+        (status = 401, description = "No API key, or a key not in `api.keys`", body = ErrorBody),
+        (status = 503, description = "Presence is unavailable (Redis is unreachable): retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+    security(("api_key" = [])),
+)]
 pub async fn room(
     State(state): State<Arc<AppState>>,
     Path(room): Path<String>,
