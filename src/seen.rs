@@ -237,14 +237,17 @@ impl SeenMarks {
     /// A socket of `user` went away (and was uncounted from `counts`). `clean`: the client or
     /// the server closed it; otherwise it was lost (heartbeat timeout, transport error).
     ///
-    /// Returns what watched sockets of the user here are to be sent, when this was a lost
-    /// socket that they may have replaced.
+    /// Returns what watched sockets of the user here are to be sent: they connected while this
+    /// one was still here, so they were replayed nothing, and this one may have missed the last
+    /// [`IN_FLIGHT`] (a clean close) or heartbeat window (a lost connection).
     pub fn disconnected(&self, user: &str, counts: &ConnectionCounts, clean: bool) -> Vec<LateReplay> {
         let mut book = self.book();
         let sockets = counts.of_user(user);
         if sockets > 0 {
-            let late =
-                if clean { vec![] } else { self.take_late(user, StreamId::lagging(self.heartbeat_window.as_millis() as u64), &mut book) };
+            // A socket that connected while this one was still here got nothing; this one may
+            // not have received what was on its way (clean) or what it missed unnoticed (lost).
+            let lag = if clean { self.in_flight } else { self.heartbeat_window };
+            let late = self.take_late(user, StreamId::lagging(lag.as_millis() as u64), &mut book);
             if let Some(entry) = book.here.get_mut(user) {
                 entry.0 = sockets;
                 let since = entry.1;
