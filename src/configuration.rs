@@ -166,14 +166,26 @@ impl Default for OutboxSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisSettings {
-    /// Empty: the embedded default (one instance, everything in memory).
+    /// Empty: the embedded default. `redis://` or `rediss://` (TLS) for one Redis, with
+    /// `user:password@` for an ACL user; `redis+sentinel://` / `rediss+sentinel://` for Sentinel
+    /// (see `cluster::endpoint`).
     pub url: String,
     pub python_channels: Vec<String>,
+    /// PEM file of the CA that signed the server's certificate (TLS with a private CA). Empty:
+    /// the usual public roots.
+    pub tls_ca_file: String,
+    /// Verify the server's certificate and name (TLS). Only turn off for tests.
+    pub tls_verify: bool,
 }
 
 impl Default for RedisSettings {
     fn default() -> Self {
-        Self { url: String::new(), python_channels: vec!["flask-socketio".into(), "socketio".into()] }
+        Self {
+            url: String::new(),
+            python_channels: vec!["flask-socketio".into(), "socketio".into()],
+            tls_ca_file: String::new(),
+            tls_verify: true,
+        }
     }
 }
 

@@ -157,7 +157,7 @@ fn check_settings(settings: &Settings) -> Result<(), String> {
     herald::auth::Verifier::new(&settings.auth).map_err(|e| e.to_string())?;
     if !settings.redis.url.is_empty() {
         // Parsing only (no connection); the error never repeats the URL, which may hold a password.
-        redis::Client::open(settings.redis.url.as_str()).map_err(|e| format!("redis.url: {e}"))?;
+        herald::cluster::endpoint::Endpoint::from_settings(&settings.redis)?;
     }
     if settings.server.host.parse::<std::net::IpAddr>().is_err()
         && std::net::ToSocketAddrs::to_socket_addrs(&(settings.server.host.as_str(), settings.server.port)).is_err()

@@ -69,7 +69,10 @@ impl Application {
             // Room for a full replay (plus its summary and the welcome) queued at once.
             .max_buffer_size(settings.delivery.max_replay + 128);
         let redis = (!settings.redis.url.is_empty())
-            .then(|| ResilientDriver::connect(&settings.redis.url))
+            .then(|| {
+                let endpoint = crate::cluster::endpoint::Endpoint::from_settings(&settings.redis).map_err(anyhow::Error::msg)?;
+                ResilientDriver::with_endpoint(Arc::new(endpoint)).map_err(anyhow::Error::from)
+            })
             .transpose()
             .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?;
         let (router, state, mut tasks) = match &redis {
@@ -201,7 +204,7 @@ fn build_store(settings: &Settings, redis: Option<&ResilientDriver>) -> anyhow::
             tracing::info!(path = %path.display(), "embedded store");
             Arc::new(store)
         }
-        Some(driver) => Arc::new(RedisStore::new(&settings.redis.url, &node_id, driver.watch_state(), delivery.stream_max_len, max_age)?),
+        Some(driver) => Arc::new(RedisStore::new(driver.endpoint().clone(), &node_id, driver.watch_state(), delivery.stream_max_len, max_age)?),
     })
 }
 

@@ -64,7 +64,7 @@ impl AppState {
         let instance_id = settings.server.instance_id();
         let grace = settings.presence.grace();
         // One connection for Herald's own bookkeeping (presence, webhooks, dashboard stats).
-        let bookkeeping = redis.as_ref().map(|driver| Gated::new(&settings.redis.url, driver.watch_state())).transpose()?;
+        let bookkeeping = redis.as_ref().map(|driver| Gated::new(driver.endpoint().clone(), driver.watch_state()));
         let backend: Arc<dyn Backend> = match &bookkeeping {
             None => Arc::new(MemoryPresence::new(grace)),
             Some(gated) => {

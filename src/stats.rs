@@ -95,7 +95,11 @@ fn key(instance: &str) -> String {
 pub async fn cluster(state: &AppState, redis: Option<&Gated>) -> Vec<Snapshot> {
     let mine = snapshot(state);
     let mut all = Vec::new();
-    if let Some(mut conn) = redis.and_then(|r| r.get().ok()) {
+    let conn = match redis {
+        Some(redis) => redis.get().await.ok(),
+        None => None,
+    };
+    if let Some(mut conn) = conn {
         let instances: Vec<String> = redis::cmd("HKEYS").arg("herald:instances").query_async(&mut conn).await.unwrap_or_default();
         let others: Vec<String> = instances.into_iter().filter(|i| *i != mine.instance).map(|i| key(&i)).collect();
         if !others.is_empty() {
@@ -114,7 +118,7 @@ pub async fn publish(state: Arc<AppState>, redis: Gated) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let Ok(mut conn) = redis.get() else { continue };
+        let Ok(mut conn) = redis.get().await else { continue };
         let Ok(json) = serde_json::to_string(&snapshot(&state)) else { continue };
         let result: redis::RedisResult<()> =
             redis::cmd("SET").arg(key(&state.instance_id)).arg(json).arg("EX").arg(EXPIRES_SECS).query_async(&mut conn).await;

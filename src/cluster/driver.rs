@@ -36,6 +36,7 @@ use socketioxide_redis::drivers::{ChanItem, Driver, MessageStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
 
+use super::endpoint::Endpoint;
 use super::redis_state::{Reachability, RedisState};
 
 /// Upper bound for a publish (or `PUBSUB NUMSUB`) while Redis is believed to be up. Past it the
@@ -94,9 +95,13 @@ struct Lifetime {
 
 /// State shared by the driver handles, the background task and the subscription streams.
 struct Shared {
+    /// Where Redis is (a URL, or sentinels that name the master).
+    endpoint: Arc<Endpoint>,
     /// `host:port` of the server, for logs (the URL may carry a password).
     redis_addr: String,
-    publisher: ConnectionManager,
+    /// The publishing connection, and the address it goes to (replaced when a failover moved
+    /// the master).
+    publisher: std::sync::RwLock<(String, ConnectionManager)>,
     reachability: Reachability,
     registry: Mutex<Registry>,
     /// Asks the background task to bring the Redis subscriptions in line with the registry.
@@ -113,23 +118,31 @@ impl ResilientDriver {
     ///
     /// Fails only if `url` is not a valid Redis URL. Must be called within a Tokio runtime.
     pub fn connect(url: &str) -> Result<Self, DriverError> {
-        let client = redis::Client::open(url)?;
-        let publisher_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(RECONNECT_BACKOFF_MAX);
-        let publisher = ConnectionManager::new_lazy_with_config(client.clone(), publisher_config)?;
+        let settings = crate::configuration::RedisSettings { url: url.to_string(), ..Default::default() };
+        let endpoint = Endpoint::from_settings(&settings).map_err(|e| DriverError::Redis(redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "redis.url", e))))?;
+        Self::with_endpoint(Arc::new(endpoint))
+    }
+
+    /// The same, for an [`Endpoint`] (TLS options, Sentinel).
+    pub fn with_endpoint(endpoint: Arc<Endpoint>) -> Result<Self, DriverError> {
         let (resync_requests, resync_receiver) = mpsc::unbounded_channel();
+        let placeholder = endpoint_placeholder(&endpoint)?;
         let shared = Arc::new(Shared {
-            redis_addr: client.get_connection_info().addr().to_string(),
-            publisher,
+            redis_addr: endpoint.describe(),
+            publisher: std::sync::RwLock::new(placeholder),
+            endpoint,
             reachability: Reachability::new(),
             registry: Mutex::new(Registry::default()),
             resync_requests,
         });
         let (stop, stop_receiver) = watch::channel(false);
-        tokio::spawn(maintain_subscriptions(shared.clone(), client, resync_receiver, stop_receiver));
+        tokio::spawn(maintain_subscriptions(shared.clone(), resync_receiver, stop_receiver));
         Ok(Self { shared, lifetime: Arc::new(Lifetime { stop }) })
+    }
+
+    /// Where Redis is, for the other connections Herald makes (store, bookkeeping).
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.shared.endpoint
     }
 
     /// Current Redis reachability. Cheap: reads a watch channel.
@@ -197,7 +210,7 @@ impl ResilientDriver {
     /// caller then delivers locally instead of waiting for a timeout).
     fn publisher(&self) -> Result<ConnectionManager, DriverError> {
         match self.state() {
-            RedisState::Up => Ok(self.shared.publisher.clone()),
+            RedisState::Up => Ok(self.shared.publisher()),
             RedisState::Down => Err(DriverError::Unavailable),
         }
     }
@@ -400,7 +413,6 @@ impl Registry {
 /// and starts over with backoff whenever the connection is lost, until asked to stop.
 async fn maintain_subscriptions(
     shared: Arc<Shared>,
-    client: redis::Client,
     mut resync_requests: mpsc::UnboundedReceiver<ResyncRequest>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -409,7 +421,7 @@ async fn maintain_subscriptions(
         let opening_at_ms = crate::notification::now_ms();
         let opened = tokio::select! {
             () = stop_requested(&mut stop) => break 'reconnect,
-            opened = Session::open(&client, &shared) => opened,
+            opened = Session::connect(&shared) => opened,
         };
         let cause = match opened {
             Ok(mut session) => {
@@ -440,6 +452,27 @@ async fn maintain_subscriptions(
     shared.reachability.mark_stopped();
 }
 
+fn publisher_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new().set_connection_timeout(Some(CONNECT_TIMEOUT)).set_number_of_retries(1).set_max_delay(RECONNECT_BACKOFF_MAX)
+}
+
+/// The publisher before the first connection: for a URL, its one address; for Sentinel, a
+/// connection to nowhere that the first session replaces.
+fn endpoint_placeholder(endpoint: &Endpoint) -> Result<(String, ConnectionManager), DriverError> {
+    let client = match endpoint.direct_client() {
+        Some(client) => client?,
+        None => redis::Client::open("redis://127.0.0.1:1/")?,
+    };
+    let addr = if endpoint.is_sentinel() { String::new() } else { client.get_connection_info().addr().to_string() };
+    Ok((addr, ConnectionManager::new_lazy_with_config(client, publisher_config())?))
+}
+
+impl Shared {
+    fn publisher(&self) -> ConnectionManager {
+        self.publisher.read().unwrap_or_else(|e| e.into_inner()).1.clone()
+    }
+}
+
 /// Resolves when a stop is requested or every driver handle is gone.
 async fn stop_requested(stop: &mut watch::Receiver<bool>) {
     // An error means the sender (every driver handle) was dropped: stop as well.
@@ -468,6 +501,18 @@ enum SessionEnd {
 }
 
 impl Session {
+    /// Finds Redis (with Sentinel: asks where the master is now), then [`Session::open`]s.
+    async fn connect(shared: &Shared) -> Result<Self, DriverError> {
+        let client = bounded(CONNECT_TIMEOUT, async { shared.endpoint.client().await }).await?;
+        let addr = client.get_connection_info().addr().to_string();
+        let moved = shared.publisher.read().unwrap_or_else(|e| e.into_inner()).0 != addr;
+        if moved {
+            let publisher = ConnectionManager::new_lazy_with_config(client.clone(), publisher_config())?;
+            *shared.publisher.write().unwrap_or_else(|e| e.into_inner()) = (addr, publisher);
+        }
+        Self::open(&client, shared).await
+    }
+
     /// Connects, subscribes to what the registry wants, and checks that publishing works too.
     async fn open(client: &redis::Client, shared: &Shared) -> Result<Self, DriverError> {
         let pubsub = bounded(CONNECT_TIMEOUT, client.get_async_pubsub()).await?;
@@ -546,7 +591,7 @@ impl Session {
 }
 
 async fn ping_publisher(shared: &Shared) -> Result<(), DriverError> {
-    let mut publisher = shared.publisher.clone();
+    let mut publisher = shared.publisher();
     bounded(PUBLISH_TIMEOUT, redis::cmd("PING").query_async::<()>(&mut publisher)).await
 }
 

@@ -1,36 +1,65 @@
-//! A Redis connection for Herald's own bookkeeping (presence, webhooks, dashboard stats) that
-//! answers at once while Redis is known to be down, instead of making every caller wait for a
-//! timeout: the driver's [`RedisState`] says when it is.
+//! A Redis connection for Herald's own commands (the store, presence, webhooks, dashboard
+//! stats) that answers at once while Redis is known to be down, instead of making every caller
+//! wait for a timeout: the driver's [`RedisState`] says when it is.
+//!
+//! The connection is made from the [`Endpoint`] when first needed. With Sentinel it is made
+//! again after each outage the driver saw (its pub/sub connection went down and came back),
+//! so that commands follow a failover to the promoted master.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex};
 
+use super::endpoint::Endpoint;
 use super::redis_state::RedisState;
 
 #[derive(Clone)]
 pub struct Gated {
-    connection: ConnectionManager,
+    endpoint: Arc<Endpoint>,
+    config: ConnectionManagerConfig,
     state: watch::Receiver<RedisState>,
+    current: Arc<Mutex<Current>>,
+}
+
+struct Current {
+    /// Sees the driver's state changes (a change: a new connection, with Sentinel).
+    seen: watch::Receiver<RedisState>,
+    connection: Option<ConnectionManager>,
 }
 
 impl Gated {
-    /// Connects lazily (the first command opens the connection), with short timeouts.
-    pub fn new(url: &str, state: watch::Receiver<RedisState>) -> redis::RedisResult<Gated> {
+    /// Short timeouts: a command that cannot be answered fails fast.
+    pub fn new(endpoint: Arc<Endpoint>, state: watch::Receiver<RedisState>) -> Gated {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(1000)))
             .set_number_of_retries(1);
-        let connection = ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)?;
-        Ok(Gated { connection, state })
+        Gated::with_config(endpoint, state, config)
+    }
+
+    pub fn with_config(endpoint: Arc<Endpoint>, state: watch::Receiver<RedisState>, config: ConnectionManagerConfig) -> Gated {
+        let current = Arc::new(Mutex::new(Current { seen: state.clone(), connection: None }));
+        Gated { endpoint, config, state, current }
     }
 
     /// The connection, or an error at once while Redis is down.
-    pub fn get(&self) -> Result<ConnectionManager, String> {
-        match *self.state.borrow() {
-            RedisState::Up => Ok(self.connection.clone()),
-            RedisState::Down => Err("redis is down".into()),
+    pub async fn get(&self) -> Result<ConnectionManager, String> {
+        if *self.state.borrow() == RedisState::Down {
+            return Err("redis is down".into());
         }
+        let mut current = self.current.lock().await;
+        if self.endpoint.is_sentinel() && current.seen.has_changed().unwrap_or(false) {
+            current.seen.borrow_and_update();
+            current.connection = None; // the master may have moved
+        }
+        if let Some(connection) = &current.connection {
+            return Ok(connection.clone());
+        }
+        let client = self.endpoint.client().await.map_err(|e| e.to_string())?;
+        let connection = ConnectionManager::new_lazy_with_config(client, self.config.clone()).map_err(|e| e.to_string())?;
+        current.connection = Some(connection.clone());
+        Ok(connection)
     }
 }

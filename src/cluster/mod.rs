@@ -35,6 +35,7 @@
 
 pub mod channels;
 pub mod driver;
+pub mod endpoint;
 pub mod gated;
 pub mod redis_state;
 pub mod relay;

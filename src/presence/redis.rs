@@ -156,8 +156,8 @@ impl RedisPresence {
         }
     }
 
-    fn conn(&self) -> Result<ConnectionManager, String> {
-        self.redis.get()
+    async fn conn(&self) -> Result<ConnectionManager, String> {
+        self.redis.get().await
     }
 
     async fn change_now(&self, conn: &mut ConnectionManager, change: &Change) -> Result<Changed, String> {
@@ -260,14 +260,14 @@ impl RedisPresence {
 impl Backend for RedisPresence {
     fn change<'a>(&'a self, change: &'a Change) -> BoxFuture<'a, Result<Changed, String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             self.change_now(&mut conn, change).await
         })
     }
 
     fn due(&self, now: u64) -> BoxFuture<'_, Result<Vec<(Scope, String)>, String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             let ending: Vec<String> = redis::cmd("ZRANGEBYSCORE")
                 .arg(LEAVING)
                 .arg("-inf")
@@ -306,7 +306,7 @@ impl Backend for RedisPresence {
 
     fn maintain<'a>(&'a self, rewrite: Option<&'a [Change]>) -> BoxFuture<'a, Result<bool, String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             if let Some(local) = rewrite {
                 self.remove_instance(&mut conn, &self.instance).await?;
                 for change in local {
@@ -324,7 +324,7 @@ impl Backend for RedisPresence {
 
     fn user<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<UserPresence, String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             let [counts, state, ..] = keys(&Scope::User, user, &self.instance);
             let (state, counts, devices, instances): (Option<String>, HashMap<String, u64>, HashMap<String, u64>, HashMap<String, u64>) =
                 redis::pipe()
@@ -359,7 +359,7 @@ impl Backend for RedisPresence {
 
     fn online<'a>(&'a self, users: &'a [String]) -> BoxFuture<'a, Result<Vec<bool>, String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             let mut online = Vec::with_capacity(users.len());
             for chunk in users.chunks(1000) {
                 let keys: Vec<String> = chunk.iter().map(|u| format!("herald:ps:u:{u}")).collect();
@@ -372,7 +372,7 @@ impl Backend for RedisPresence {
 
     fn room<'a>(&'a self, scope: &'a Scope, offset: usize, limit: usize) -> BoxFuture<'a, Result<(u64, Vec<Member>), String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             let key = format!("herald:pm:{}", scope.key());
             if limit == 0 {
                 let count: u64 = redis::cmd("ZCARD").arg(&key).query_async(&mut conn).await.map_err(|e| e.to_string())?;
@@ -395,7 +395,7 @@ impl Backend for RedisPresence {
 
     fn online_count(&self) -> BoxFuture<'_, Result<u64, String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             redis::cmd("ZCARD").arg("herald:pm:u").query_async(&mut conn).await.map_err(|e| e.to_string())
         })
     }

@@ -15,6 +15,7 @@
 //! alive while its heartbeat key `herald:node:<node>` exists and it subscribes to the channel of
 //! the same name.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -22,6 +23,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::watch;
 
+use crate::cluster::endpoint::Endpoint;
+use crate::cluster::gated::Gated;
 use crate::cluster::redis_state::RedisState;
 
 use super::{Appended, Entry, NodeMark, NodeSession, ReadState, SessionWrite, Sessions, Store, StoreError, Stored, StreamId};
@@ -183,7 +186,7 @@ return 1
 const SINCE: &str = "#since";
 
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: Gated,
     /// This instance's name: what it claims stored copies of pub/sub messages under.
     node_id: String,
     /// The cluster driver's view of Redis: while it is down, calls fail at once.
@@ -197,13 +200,12 @@ pub struct RedisStore {
 impl RedisStore {
     /// Connects lazily: an unreachable Redis at startup is not an error here.
     pub fn new(
-        url: &str,
+        endpoint: Arc<Endpoint>,
         node_id: &str,
         redis_state: watch::Receiver<RedisState>,
         max_len: usize,
         max_age: Duration,
     ) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError(e.to_string()))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(1000)))
@@ -212,7 +214,7 @@ impl RedisStore {
             // Room for every command the Redis ingress has in flight (and more), so that none
             // waits for a place in the queue: a wait could time out and reorder appends.
             .set_pipeline_buffer_size(1024);
-        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| StoreError(e.to_string()))?;
+        let connection = Gated::with_config(endpoint, redis_state.clone(), config);
         Ok(RedisStore {
             connection,
             node_id: node_id.to_string(),
@@ -237,16 +239,16 @@ impl RedisStore {
     /// Runs `cmd`, once more when the first attempt met a connection Redis had dropped (after a
     /// Redis restart the manager reconnects only once a command has failed on the old one).
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
-        match cmd.query_async(&mut self.conn()?).await {
-            Err(e) if dropped(&e) => cmd.query_async(&mut self.conn()?).await.map_err(failed),
+        match cmd.query_async(&mut self.conn().await?).await {
+            Err(e) if dropped(&e) => cmd.query_async(&mut self.conn().await?).await.map_err(failed),
             result => result.map_err(failed),
         }
     }
 
     /// [`Self::query`] for a pipeline.
     async fn query_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, StoreError> {
-        match pipe.query_async(&mut self.conn()?).await {
-            Err(e) if dropped(&e) => pipe.query_async(&mut self.conn()?).await.map_err(failed),
+        match pipe.query_async(&mut self.conn().await?).await {
+            Err(e) if dropped(&e) => pipe.query_async(&mut self.conn().await?).await.map_err(failed),
             result => result.map_err(failed),
         }
     }
@@ -259,18 +261,19 @@ impl RedisStore {
 
     /// [`Self::query`] for a script.
     async fn invoke<T: redis::FromRedisValue>(&self, invocation: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
-        match invocation.invoke_async(&mut self.conn()?).await {
-            Err(e) if dropped(&e) => invocation.invoke_async(&mut self.conn()?).await.map_err(failed),
+        match invocation.invoke_async(&mut self.conn().await?).await {
+            Err(e) if dropped(&e) => invocation.invoke_async(&mut self.conn().await?).await.map_err(failed),
             result => result.map_err(failed),
         }
     }
 
     /// A connection, or an error at once while Redis is known to be down.
-    fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
         match *self.redis_state.borrow() {
-            RedisState::Up => Ok(self.connection.clone()),
-            RedisState::Down => Err(StoreError("Redis is unreachable".into())),
+            RedisState::Up => {}
+            RedisState::Down => return Err(StoreError("Redis is unreachable".into())),
         }
+        self.connection.get().await.map_err(StoreError)
     }
 }
 

@@ -117,8 +117,8 @@ impl RedisPending {
         RedisPending { redis, add: Script::new(ADD), take: Script::new(TAKE) }
     }
 
-    fn conn(&self) -> Result<ConnectionManager, String> {
-        self.redis.get()
+    async fn conn(&self) -> Result<ConnectionManager, String> {
+        self.redis.get().await
     }
 }
 
@@ -129,7 +129,7 @@ fn missed_key(user: &str) -> String {
 impl Pending for RedisPending {
     fn add_missed<'a>(&'a self, user: &'a str, entry: String, due: u64, max: usize) -> BoxFuture<'a, Result<bool, String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             let dropped: i64 = self
                 .add
                 .key(missed_key(user))
@@ -147,7 +147,7 @@ impl Pending for RedisPending {
 
     fn take_missed(&self, now: u64) -> BoxFuture<'_, Result<Vec<(String, Vec<String>)>, String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             let users: Vec<String> = redis::cmd("ZRANGEBYSCORE")
                 .arg(DUE)
                 .arg("-inf")
@@ -172,14 +172,14 @@ impl Pending for RedisPending {
 
     fn schedule_unread(&self, entry: String, due: u64) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             redis::cmd("ZADD").arg(UNREAD).arg(due).arg(entry).query_async(&mut conn).await.map_err(|e| e.to_string())
         })
     }
 
     fn take_unread(&self, now: u64) -> BoxFuture<'_, Result<Vec<String>, String>> {
         Box::pin(async move {
-            let mut conn = self.conn()?;
+            let mut conn = self.conn().await?;
             let entries: Vec<String> = redis::cmd("ZRANGEBYSCORE")
                 .arg(UNREAD)
                 .arg("-inf")
