@@ -19,6 +19,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "status": "ok",
         "node_id": state.node_id,
         "connections": state.connections.total(),
+        "transports": { "socketio": state.connections.total().saturating_sub(state.plain.len()), "websocket": state.plain.len() },
         "redis": state.redis_status(),
         "uptime_secs": state.started_at.elapsed().as_secs(),
     });
@@ -63,6 +64,8 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let dropped = state.redis.as_ref().map_or(0, |r| r.dropped_messages()) as f64;
     let body = state.metrics.render(&[
         ("herald_connections", "Sockets connected to this instance", state.connections.total() as f64),
+        ("herald_connections_socketio", "Socket.IO sockets connected to this instance", state.connections.total().saturating_sub(state.plain.len()) as f64),
+        ("herald_connections_websocket", "Plain WebSocket sockets connected to this instance", state.plain.len() as f64),
         ("herald_uptime_seconds", "Seconds since this instance started", state.started_at.elapsed().as_secs_f64()),
         ("herald_redis_up", "1 when Redis is reachable, 0 when not, -1 without Redis", redis_up),
         ("herald_redis_outages", "Redis outages since start", outages),

@@ -27,7 +27,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/presence/users", post(presence::users))
         .route("/api/v1/presence/rooms/{room}", get(presence::room))
         .layer(middleware::from_fn_with_state(state.clone(), api::require_api_key));
+    let plain = &state.settings.websocket;
+    let sockets = match plain.enabled {
+        true => Router::new().route(&plain.path, get(crate::plain::endpoint)),
+        false => Router::new(),
+    };
     Router::new()
+        .merge(sockets)
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
