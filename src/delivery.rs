@@ -156,7 +156,12 @@ impl<A: Adapter> Sockets for Transports<A> {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.plain.close_all(crate::plain::close::GOING_AWAY, "server shutting down");
-            SocketIo::close(&self.io).await
+            SocketIo::close(&self.io).await;
+            // Plain sockets are gone once their close handshake and session end are done.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.plain.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         })
     }
 

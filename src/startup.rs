@@ -120,6 +120,10 @@ impl Application {
             tracing::info!("shutting down: draining connections");
             drain_state.start_draining();
             drain_state.delivery.close_all().await;
+            // The session ends of the sockets just closed (seen marks), before the process exits.
+            if let Err(e) = drain_state.seen.write_queue().await {
+                tracing::warn!(error = %e, "seen marks not written at shutdown");
+            }
             let _ = stop_accepting.send(());
         };
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);

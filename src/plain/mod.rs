@@ -221,11 +221,12 @@ async fn serve(state: Arc<AppState>, socket: WebSocket, ip: Option<std::net::IpA
         warned: None,
     };
     let (reason, clean) = session.run(&mut sink, &mut stream, &mut outgoing).await;
-    registry.remove(&sid);
     plain.mark_gone();
     state.metrics.inc("herald_disconnects_total", &[("reason", reason)]);
     tracing::debug!(sid, reason, "plain socket disconnected");
     connection::disconnected(&state, &namespace, &admitted, session.presence.take(), clean).await;
+    // Last: a shutdown waits for the registry to empty, so the session's end is recorded.
+    registry.remove(&sid);
 }
 
 /// One connected plain socket: its frames in and out until it closes.
