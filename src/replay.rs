@@ -38,8 +38,12 @@ impl Joined {
 pub async fn join<P: Peer + ?Sized>(delivery: &Delivery, socket: &P, rooms: Vec<String>) -> Joined {
     let _gate = delivery.gate().write().await;
     socket.join(rooms.clone());
-    let replaying =
-        Replaying { namespace: socket.namespace().to_string(), rooms: rooms.iter().cloned().collect(), held: vec![], since: Instant::now() };
+    let replaying = Replaying {
+        namespace: socket.namespace().to_string(),
+        rooms: rooms.iter().cloned().collect(),
+        held: vec![],
+        since: Instant::now(),
+    };
     delivery.recent().replaying.insert(socket.sid().to_string(), replaying);
     Joined { rooms }
 }
@@ -47,13 +51,7 @@ pub async fn join<P: Peer + ?Sized>(delivery: &Delivery, socket: &P, rooms: Vec<
 /// Sends what was stored for the joined rooms after `after` (nothing from the store when
 /// `None`), with what was held since the join, in id order (steps 2 and 3). Returns false when
 /// the store could not be read.
-pub async fn replay<P: Peer + ?Sized>(
-    delivery: &Delivery,
-    socket: &P,
-    joined: Joined,
-    after: Option<StreamId>,
-    max_replay: usize,
-) -> bool {
+pub async fn replay<P: Peer + ?Sized>(delivery: &Delivery, socket: &P, joined: Joined, after: Option<StreamId>, max_replay: usize) -> bool {
     let streams = persisted_streams(delivery, &joined.rooms);
     let (mut entries, read) = match after {
         None => (vec![], true),

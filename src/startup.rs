@@ -172,9 +172,9 @@ fn assemble<A: Adapter + DefinedAdapter>(
         None => None,
     };
     let plain = Arc::new(crate::plain::Registry::default());
-    let peers = redis.as_ref().map(|driver| {
-        Arc::new(relay::PlainRelay::new(driver.clone(), settings.server.instance_id())) as Arc<dyn crate::plain::Peers>
-    });
+    let peers = redis
+        .as_ref()
+        .map(|driver| Arc::new(relay::PlainRelay::new(driver.clone(), settings.server.instance_id())) as Arc<dyn crate::plain::Peers>);
     let sockets = Transports { io: io.clone(), plain: plain.clone(), peers };
     let delivery = Delivery::new(Arc::new(sockets), store, PersistPolicy::new(&settings.delivery), metrics.clone());
     let state = Arc::new(AppState::new(settings, verifier, delivery, metrics, redis, outbox, plain)?);

@@ -159,7 +159,13 @@ async fn auth_frame(state: &AppState, stream: &mut Stream) -> Result<Json, Refus
     }
 }
 
-async fn serve(state: Arc<AppState>, socket: WebSocket, ip: Option<std::net::IpAddr>, query: Option<String>, authorization: Option<String>) {
+async fn serve(
+    state: Arc<AppState>,
+    socket: WebSocket,
+    ip: Option<std::net::IpAddr>,
+    query: Option<String>,
+    authorization: Option<String>,
+) {
     let (mut sink, mut stream) = socket.split();
     let sid = socketioxide_core::Sid::new().to_string();
     let namespace = state.settings.websocket.namespace.clone();
@@ -187,14 +193,8 @@ async fn serve(state: Arc<AppState>, socket: WebSocket, ip: Option<std::net::IpA
             }
         }
     }
-    let request = connection::Request {
-        ip,
-        auth: Some(&auth),
-        query,
-        authorization: authorization.as_deref(),
-        sid: &sid,
-        namespace: &namespace,
-    };
+    let request =
+        connection::Request { ip, auth: Some(&auth), query, authorization: authorization.as_deref(), sid: &sid, namespace: &namespace };
     let admitted = match connection::admit(&state, request).await {
         Ok(admitted) => admitted,
         Err(refusal) => {
@@ -396,7 +396,9 @@ impl Session {
         }
         let data = Json::Object(frame);
         let result = match kind.as_str() {
-            "ping" => Ok(json!({ "type": "pong", "timestamp": data.get("timestamp").cloned().unwrap_or(Json::Null), "server_time": now_ms() })),
+            "ping" => {
+                Ok(json!({ "type": "pong", "timestamp": data.get("timestamp").cloned().unwrap_or(Json::Null), "server_time": now_ms() }))
+            }
             "room:join" => self.room_join(&data).await,
             "room:leave" => self.room_leave(&data).await,
             "notifications:history" => self.history(data).await,

@@ -194,9 +194,8 @@ impl Registry {
     /// none), in none of its exceptions.
     fn targets(&self, target: &Target) -> Vec<Arc<Plain>> {
         let inner = self.read();
-        let reached = |entry: &Entry| {
-            entry.socket.namespace == target.namespace && !target.except.iter().any(|room| entry.rooms.contains(room))
-        };
+        let reached =
+            |entry: &Entry| entry.socket.namespace == target.namespace && !target.except.iter().any(|room| entry.rooms.contains(room));
         if target.rooms.is_empty() {
             return inner.sockets.values().filter(|e| reached(e)).map(|e| e.socket.clone()).collect();
         }
@@ -277,7 +276,11 @@ mod tests {
     }
 
     fn emit(rooms: &[&str], except: &[&str], event: &str, args: Args) -> Command {
-        let target = Target { namespace: "/".into(), rooms: rooms.iter().map(|r| r.to_string()).collect(), except: except.iter().map(|r| r.to_string()).collect() };
+        let target = Target {
+            namespace: "/".into(),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            except: except.iter().map(|r| r.to_string()).collect(),
+        };
         Command::Emit { target, event: event.into(), args }
     }
 

@@ -62,9 +62,10 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     };
     let outages = state.redis.as_ref().map_or(0, |r| r.outages()) as f64;
     let dropped = state.redis.as_ref().map_or(0, |r| r.dropped_messages()) as f64;
+    let socketio = state.connections.total().saturating_sub(state.plain.len());
     let body = state.metrics.render(&[
         ("herald_connections", "Sockets connected to this instance", state.connections.total() as f64),
-        ("herald_connections_socketio", "Socket.IO sockets connected to this instance", state.connections.total().saturating_sub(state.plain.len()) as f64),
+        ("herald_connections_socketio", "Socket.IO sockets connected to this instance", socketio as f64),
         ("herald_connections_websocket", "Plain WebSocket sockets connected to this instance", state.plain.len() as f64),
         ("herald_uptime_seconds", "Seconds since this instance started", state.started_at.elapsed().as_secs_f64()),
         ("herald_redis_up", "1 when Redis is reachable, 0 when not, -1 without Redis", redis_up),
