@@ -321,3 +321,38 @@ async fn disabled_endpoint_is_not_served() {
     let url = format!("ws://{}/ws/notifications?token={}", app.addr, app.token("1"));
     assert!(tokio_tungstenite::connect_async(url).await.is_err());
 }
+
+#[tokio::test]
+async fn odd_frames_get_answers_never_a_crash() {
+    let app = spawn_app_with(|s| s.limits.events_per_second = 1000).await;
+    let mut odd = Plain::connect(&app, "40").await;
+    let deep = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let frames: Vec<String> = vec![
+        "".into(),
+        "null".into(),
+        "{}".into(),
+        r#"{"type":7}"#.into(),
+        r#"{"type":null}"#.into(),
+        deep,
+        r#"{"type":"room:join"}"#.into(),
+        r#"{"type":"room:join","room":""}"#.into(),
+        format!(r#"{{"type":"room:join","room":"{}"}}"#, "r".repeat(5000)),
+        r#"{"type":"room:join","room":"a\u0000b"}"#.into(),
+        r#"{"type":"room:leave","room":"user_40"}"#.into(),
+        r#"{"type":"notifications:history","before":"nope","limit":-1}"#.into(),
+        r#"{"type":"notifications:read"}"#.into(),
+        r#"{"type":"auth:refresh","token":"x"}"#.into(),
+        r#"{"type":"auth","token":"x"}"#.into(),
+        r#"{"type":"presence:list","room":"team-updates"}"#.into(),
+        r#"{"type":"ping","timestamp":{"nested":[1,2,3]}}"#.into(),
+        "\u{1F600}".into(),
+    ];
+    for frame in &frames {
+        odd.ws.send(Message::Text(frame.clone().into())).await.unwrap();
+        let answer = odd.next().await.unwrap_or_else(|| panic!("no answer to {frame:.60}"));
+        assert!(answer["ok"] == false || answer["type"] == "error" || answer["type"] == "pong", "{frame:.60} → {answer}");
+    }
+    // Still connected and served.
+    let id = app.notify_user("40", "after odd frames").await;
+    assert_eq!(odd.next().await.unwrap()["id"], id.as_str());
+}

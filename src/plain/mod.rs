@@ -130,8 +130,17 @@ async fn close_with(sink: &mut Sink, stream: &mut Stream, code: u16, reason: &st
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 async fn send(sink: &mut Sink, text: String) -> bool {
-    sink.send(Message::Text(Utf8Bytes::from(text))).await.is_ok()
+    write(sink, Message::Text(Utf8Bytes::from(text))).await
 }
+
+/// Writes one message; false when the connection failed, or when the peer took none of it for
+/// [`WRITE_TIMEOUT`] (it stopped reading: the connection is treated as lost).
+async fn write(sink: &mut Sink, message: Message) -> bool {
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, sink.send(message)).await, Ok(Ok(())))
+}
+
+/// How long a write may wait for a peer that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The query's value of `key`, percent-decoded.
 fn query_value(query: Option<&str>, key: &str) -> Option<String> {
@@ -310,7 +319,7 @@ impl Session {
                         close_with(sink, stream, close::HEARTBEAT_TIMEOUT, "heartbeat timeout").await;
                         return ("heartbeat_timeout", false);
                     }
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    if !write(sink, Message::Ping(Default::default())).await {
                         return ("transport_error", false);
                     }
                 }
