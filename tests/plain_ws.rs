@@ -356,3 +356,17 @@ async fn odd_frames_get_answers_never_a_crash() {
     let id = app.notify_user("40", "after odd frames").await;
     assert_eq!(odd.next().await.unwrap()["id"], id.as_str());
 }
+
+#[tokio::test]
+async fn anonymous_plain_clients_when_auth_is_not_required() {
+    let app = spawn_app_with(|s| s.auth.required = false).await;
+    let mut anonymous = Plain::open(&app, "").await;
+    let welcome = anonymous.next().await.expect("welcome at once, no auth frame needed");
+    assert_eq!(welcome["type"], "welcome");
+    assert!(welcome["data"]["user_id"].is_null(), "{welcome}");
+    let (status, _) = app.post("/api/v1/notify", json!({ "to": { "broadcast": true }, "type": "t", "message": "everyone" })).await;
+    assert_eq!(status, 202);
+    assert_eq!(anonymous.next().await.unwrap()["message"], "everyone");
+    let history = anonymous.call(json!({ "type": "notifications:history" })).await;
+    assert_eq!(history["ok"], false);
+}
