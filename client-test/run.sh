@@ -3,6 +3,7 @@
 # python-socketio. Installs what they need (idempotent), then runs them against the real binary.
 #
 #   HERALD_BIN=/path/to/herald client-test/run.sh      (default: <repo>/target/debug/herald)
+#   client-test/run.sh client-test/node/plain-ws.test.mjs client-test/python/test_x.py   (only those)
 #
 # Works from any directory; needs node >= 20, npm, python3 (with venv); chromium is installed
 # with apt when missing and we are root (otherwise the browser test is skipped, saying so).
@@ -61,6 +62,16 @@ if [[ ! -x /usr/bin/chromium ]]; then
 fi
 
 status=0
+if (( $# )); then
+  # Only the given test files: node/*.mjs with node's runner, python/*.py with pytest.
+  for file in "$@"; do
+    case "$file" in
+      *.py) (cd "$REPO" && "$venv/bin/python" -m pytest -q -p no:cacheprovider "$file") || status=1 ;;
+      *) (cd "$REPO" && node --test --test-concurrency=1 --test-reporter=spec "$file") || status=1 ;;
+    esac
+  done
+  exit "$status"
+fi
 echo "== node tests (socket.io-client 4.x / 2.x, Chromium) against $HERALD_BIN"
 (cd "$REPO" && node --test --test-concurrency=1 --test-reporter=spec client-test/node/) || status=1
 echo "== python tests (python-socketio) against $HERALD_BIN"

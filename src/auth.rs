@@ -166,6 +166,11 @@ pub fn find_token(auth: Option<&Value>, query: Option<&str>, authorization: Opti
         .map(String::from)
 }
 
+/// The first non-empty value of `key` in a query string, decoded.
+pub fn query_param(query: &str, key: &str) -> Option<String> {
+    form_urlencoded_pairs(query).find(|(k, v)| k == key && !v.is_empty()).map(|(_, v)| v)
+}
+
 /// Splits `a=1&b=x%20y` into decoded pairs.
 fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     query.split('&').filter_map(|pair| {

@@ -26,6 +26,7 @@ pub struct Settings {
     pub presence: PresenceSettings,
     pub webhooks: WebhookSettings,
     pub admin: AdminSettings,
+    pub websocket: WebSocketSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -364,6 +365,25 @@ impl WebhookSettings {
     }
 }
 
+/// Plain WebSocket clients (JSON text frames, no Socket.IO framing): see `crate::plain`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketSettings {
+    pub enabled: bool,
+    /// The endpoint's path, on the server's port.
+    pub path: String,
+    /// The Socket.IO namespace plain sockets belong to (emits with this `namespace` reach them).
+    pub namespace: String,
+    /// A client with no token in the query or header has this long to send `{"type":"auth"}`.
+    pub auth_timeout_secs: u64,
+}
+
+impl Default for WebSocketSettings {
+    fn default() -> Self {
+        Self { enabled: true, path: "/ws/notifications".into(), namespace: "/".into(), auth_timeout_secs: 10 }
+    }
+}
+
 impl SocketIoSettings {
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ping_interval_secs)
@@ -429,6 +449,18 @@ impl Settings {
         let admin = &self.admin.path;
         if !admin.starts_with('/') || admin.len() < 2 || admin.ends_with('/') || admin.starts_with("/api/") || admin.starts_with("/socket.io") {
             return Err(format!("admin.path: {admin:?} must be a path like \"/admin\" (not / nor under /api or /socket.io)"));
+        }
+        let ws = &self.websocket;
+        if ws.enabled {
+            if !ws.path.starts_with('/') || ws.path.starts_with("/socket.io") || ws.path.starts_with("/api/") {
+                return Err(format!("websocket.path: {:?} must start with '/' and not be under /socket.io or /api/", ws.path));
+            }
+            if !self.socketio.namespaces.contains(&ws.namespace) {
+                return Err(format!("websocket.namespace: {:?} is not in socketio.namespaces", ws.namespace));
+            }
+            if ws.auth_timeout_secs == 0 {
+                return Err("websocket.auth_timeout_secs must be positive".into());
+            }
         }
         if self.presence.instance_timeout_secs < 3 {
             return Err("presence.instance_timeout_secs must be at least 3".into());

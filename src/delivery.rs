@@ -100,6 +100,8 @@ pub trait Sockets: Send + Sync + 'static {
     fn close(&self) -> BoxFuture<'_, ()>;
     /// Sockets on every instance (asks the others through the adapter).
     fn cluster_connections(&self) -> BoxFuture<'_, Result<usize, String>>;
+    /// The ids of this instance's sockets of `namespace` in `room`, every transport.
+    fn local_members(&self, namespace: &str, room: &str) -> Vec<String>;
     /// This instance's sockets by transport, and its `top` rooms with the most sockets (rooms
     /// shared by several users: not sid, user or device rooms).
     fn census(&self, top: usize) -> Census;
@@ -108,38 +110,78 @@ pub trait Sockets: Send + Sync + 'static {
 /// What [`Sockets::census`] counts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Census {
+    /// Socket.IO over WebSocket and over HTTP long-polling; plain WebSocket clients.
     pub websocket: usize,
     pub polling: usize,
+    pub plain: usize,
     pub rooms: Vec<(String, usize)>,
 }
 
-impl<A: Adapter> Sockets for SocketIo<A> {
+/// Every socket of this instance, whatever its transport: Socket.IO sockets (socketioxide, and
+/// through its adapter those of the other instances) and plain WebSocket sockets
+/// ([`crate::plain`]). A command reaches both the same way: same target, same rooms.
+pub struct Transports<A: Adapter> {
+    pub io: SocketIo<A>,
+    pub plain: Arc<crate::plain::Registry>,
+    /// Cluster mode: carries commands that entered here to the other instances' plain sockets
+    /// (the adapter carries them to their Socket.IO sockets).
+    pub peers: Option<Arc<dyn crate::plain::Peers>>,
+}
+
+impl<A: Adapter> Transports<A> {
+    async fn apply_socketio(&self, command: &Command, scope: Scope) -> Result<usize, DeliveryError> {
+        let target = command.target();
+        let ns = self.io.of(&target.namespace).ok_or_else(|| DeliveryError::UnknownNamespace(target.namespace.clone()))?;
+        let mut ops = ns.to(target.rooms.clone()).except(target.except.clone());
+        if scope == Scope::Local {
+            ops = ops.local();
+        }
+        let result = match command {
+            Command::Emit { event, args, .. } => unreachable_sockets(ops.emit(event, args).await),
+            Command::Join { rooms, .. } => ops.join(rooms.clone()).await.map(|()| 0).map_err(|e| e.to_string()),
+            Command::Leave { rooms, .. } => ops.leave(rooms.clone()).await.map(|()| 0).map_err(|e| e.to_string()),
+            Command::Disconnect { .. } => unreachable_sockets(ops.disconnect().await),
+        };
+        result.map_err(DeliveryError::Socket)
+    }
+}
+
+impl<A: Adapter> Sockets for Transports<A> {
     fn apply<'a>(&'a self, command: &'a Command, scope: Scope) -> BoxFuture<'a, Result<usize, DeliveryError>> {
         Box::pin(async move {
-            let target = command.target();
-            let ns = self.of(&target.namespace).ok_or_else(|| DeliveryError::UnknownNamespace(target.namespace.clone()))?;
-            let mut ops = ns.to(target.rooms.clone()).except(target.except.clone());
-            if scope == Scope::Local {
-                ops = ops.local();
+            // Socket.IO first: with Scope::Cluster it fails as a whole when the other instances
+            // cannot be reached, and then no plain socket gets it either (the outbox sends it later).
+            let mut unreachable = self.apply_socketio(command, scope).await?;
+            unreachable += self.plain.apply(command);
+            if scope == Scope::Cluster {
+                if let Some(peers) = &self.peers {
+                    if let Err(e) = peers.publish(command).await {
+                        // Their Socket.IO sockets got it; their plain sockets missed it.
+                        tracing::warn!(error = %e, "command not sent to the other instances' plain sockets");
+                        unreachable += 1;
+                    }
+                }
             }
-            let result = match command {
-                Command::Emit { event, args, .. } => unreachable_sockets(ops.emit(event, args).await),
-                Command::Join { rooms, .. } => ops.join(rooms.clone()).await.map(|()| 0).map_err(|e| e.to_string()),
-                Command::Leave { rooms, .. } => ops.leave(rooms.clone()).await.map(|()| 0).map_err(|e| e.to_string()),
-                Command::Disconnect { .. } => unreachable_sockets(ops.disconnect().await),
-            };
-            result.map_err(DeliveryError::Socket)
+            Ok(unreachable)
         })
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(SocketIo::close(self))
+        Box::pin(async move {
+            self.plain.close_all(crate::plain::close::GOING_AWAY, "server shutting down");
+            SocketIo::close(&self.io).await;
+            // Plain sockets are gone once their close handshake and session end are done.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.plain.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
     }
 
     fn census(&self, top: usize) -> Census {
-        let mut census = Census::default();
+        let mut census = Census { plain: self.plain.len(), ..Census::default() };
         let mut rooms: HashMap<String, usize> = HashMap::new();
-        for ns in self.nsps() {
+        for ns in self.io.nsps() {
             for socket in ns.local().sockets() {
                 match socket.transport_type() {
                     socketioxide::TransportType::Websocket => census.websocket += 1,
@@ -163,11 +205,20 @@ impl<A: Adapter> Sockets for SocketIo<A> {
     fn cluster_connections(&self) -> BoxFuture<'_, Result<usize, String>> {
         Box::pin(async move {
             let mut total = 0;
-            for ns in self.nsps() {
+            for ns in self.io.nsps() {
                 total += ns.fetch_sockets().await.map_err(|e| e.to_string())?.len();
             }
             Ok(total)
         })
+    }
+
+    fn local_members(&self, namespace: &str, room: &str) -> Vec<String> {
+        let mut sids: Vec<String> = match self.io.of(namespace) {
+            Some(ns) => ns.within(room.to_string()).local().sockets().iter().map(|s| s.id.to_string()).collect(),
+            None => vec![],
+        };
+        sids.extend(self.plain.members(namespace, room));
+        sids
     }
 }
 
@@ -579,6 +630,11 @@ impl Delivery {
 
     pub async fn cluster_connections(&self) -> Result<usize, String> {
         self.inner.sockets.cluster_connections().await
+    }
+
+    /// The ids of this instance's sockets of `namespace` in `room`, every transport.
+    pub fn local_members(&self, namespace: &str, room: &str) -> Vec<String> {
+        self.inner.sockets.local_members(namespace, room)
     }
 }
 

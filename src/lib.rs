@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod configuration;
+pub mod connection;
 pub mod delivery;
 pub mod ingress;
 pub mod limits;
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod notification;
 pub mod outbox;
 pub mod payload;
+pub mod plain;
 pub mod presence;
 pub mod replay;
 pub mod rooms;

@@ -75,6 +75,8 @@ pub const COUNTERS: &[Def] = &[
         "Webhook calls, by outcome (delivered, retried, rejected, dropped_attempts, dropped_queue_full, dropped_batch_full, ...)",
     ),
     def("herald_ignored_input_total", &["what"], "Client input ignored because it was malformed (e.g. auth.device)"),
+    def("herald_plain_connects_total", &[], "Plain WebSocket clients that connected to this instance"),
+    def("herald_plain_frames_refused_total", &["reason"], "Frames from plain WebSocket clients refused (too_big, binary, bad_json, ...)"),
 ];
 
 /// Every histogram; observations in seconds, buckets [`BUCKETS`].
@@ -93,6 +95,8 @@ pub const GAUGES: &[Def] = &[
     def("herald_redis_outages", &[], "Redis outages since start"),
     def("herald_redis_messages_dropped", &[], "Redis pub/sub messages dropped because this instance did not keep up"),
     def("herald_webhook_queue", &[], "Webhook calls waiting or in flight on this instance"),
+    def("herald_connections_socketio", &[], "Socket.IO sockets connected to this instance"),
+    def("herald_connections_websocket", &[], "Plain WebSocket sockets connected to this instance"),
 ];
 
 const FRACTIONAL_GAUGES: &[&str] = &["herald_uptime_seconds"];

@@ -16,9 +16,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use serde_json::{json, Value as Json};
-use socketioxide::adapter::Adapter;
-use socketioxide::extract::SocketRef;
 
+use crate::connection::Peer;
 use crate::delivery::{stamp_id, Delivery, Replaying};
 use crate::notification::{iso_now, EVENT};
 use crate::payload::Value;
@@ -36,33 +35,31 @@ impl Joined {
 }
 
 /// Joins `rooms` (step 1): from here on stored emits to them are held for the replay.
-pub async fn join<A: Adapter>(delivery: &Delivery, socket: &SocketRef<A>, rooms: Vec<String>) -> Joined {
+pub async fn join<P: Peer + ?Sized>(delivery: &Delivery, socket: &P, rooms: Vec<String>) -> Joined {
     let _gate = delivery.gate().write().await;
     socket.join(rooms.clone());
-    let replaying =
-        Replaying { namespace: socket.ns().to_string(), rooms: rooms.iter().cloned().collect(), held: vec![], since: Instant::now() };
-    delivery.recent().replaying.insert(socket.id.to_string(), replaying);
+    let replaying = Replaying {
+        namespace: socket.namespace().to_string(),
+        rooms: rooms.iter().cloned().collect(),
+        held: vec![],
+        since: Instant::now(),
+    };
+    delivery.recent().replaying.insert(socket.sid().to_string(), replaying);
     Joined { rooms }
 }
 
 /// Sends what was stored for the joined rooms after `after` (nothing from the store when
 /// `None`), with what was held since the join, in id order (steps 2 and 3). Returns false when
 /// the store could not be read.
-pub async fn replay<A: Adapter>(
-    delivery: &Delivery,
-    socket: &SocketRef<A>,
-    joined: Joined,
-    after: Option<StreamId>,
-    max_replay: usize,
-) -> bool {
+pub async fn replay<P: Peer + ?Sized>(delivery: &Delivery, socket: &P, joined: Joined, after: Option<StreamId>, max_replay: usize) -> bool {
     let streams = persisted_streams(delivery, &joined.rooms);
     let (mut entries, read) = match after {
         None => (vec![], true),
-        Some(after) => match merged_range(delivery.store().as_ref(), socket.ns(), &streams, Some(after)).await {
+        Some(after) => match merged_range(delivery.store().as_ref(), socket.namespace(), &streams, Some(after)).await {
             Ok(entries) => (entries, true),
             Err(e) => {
                 delivery.metrics().inc("herald_replay_failures_total", &[]);
-                tracing::warn!(sid = %socket.id, error = %e, "replay skipped: store unavailable");
+                tracing::warn!(sid = socket.sid(), error = %e, "replay skipped: store unavailable");
                 (vec![], false)
             }
         },
@@ -71,12 +68,12 @@ pub async fn replay<A: Adapter>(
     let _gate = delivery.gate().write().await;
     let held = {
         let mut recent = delivery.recent();
-        let held = recent.replaying.remove(socket.id.as_str()).map(|r| r.held).unwrap_or_default();
+        let held = recent.replaying.remove(socket.sid()).map(|r| r.held).unwrap_or_default();
         let held_ids: HashSet<StreamId> = held.iter().map(|(nid, _, _)| *nid).collect();
         entries.retain(|e| !held_ids.contains(&e.nid));
         let now = Instant::now();
         for entry in &entries {
-            recent.replayed.entry(entry.nid).or_insert_with(|| (vec![], now)).0.push(socket.id.to_string());
+            recent.replayed.entry(entry.nid).or_insert_with(|| (vec![], now)).0.push(socket.sid().to_string());
         }
         held
     };
@@ -103,9 +100,9 @@ pub async fn replay<A: Adapter>(
     read
 }
 
-fn emit<A: Adapter>(socket: &SocketRef<A>, event: &str, args: &crate::payload::Args) {
+fn emit<P: Peer + ?Sized>(socket: &P, event: &str, args: &crate::payload::Args) {
     if let Err(e) = socket.emit(event, args) {
-        tracing::debug!(sid = %socket.id, error = %e, "replayed notification not sent");
+        tracing::debug!(sid = socket.sid(), error = %e, "replayed notification not sent");
     }
 }
 

@@ -31,7 +31,7 @@ use crate::cluster::driver::ResilientDriver;
 use crate::cluster::relay::{self, RedisRelay};
 use crate::cluster::{adapter_state, ResilientAdapter};
 use crate::configuration::Settings;
-use crate::delivery::{Delivery, PersistPolicy};
+use crate::delivery::{Delivery, PersistPolicy, Transports};
 use crate::ingress::decode::Limits;
 use crate::ingress::listener;
 use crate::metrics::Metrics;
@@ -84,7 +84,7 @@ impl Application {
         };
         if let Some(driver) = redis {
             state.delivery.set_fanout(Arc::new(RedisRelay));
-            tasks.push(tokio::spawn(relay::run(driver.clone(), state.delivery.clone(), state.instance_id.clone())));
+            tasks.push(tokio::spawn(relay::run(driver.clone(), state.delivery.clone(), state.plain.clone(), state.instance_id.clone())));
             if let Some(outbox) = &state.outbox {
                 let window = state.settings.api.idempotency_window();
                 tasks.push(tokio::spawn(outbox::run(outbox.clone(), state.delivery.clone(), driver.watch_state(), window)));
@@ -126,6 +126,10 @@ impl Application {
             tracing::info!("shutting down: draining connections");
             drain_state.start_draining();
             drain_state.delivery.close_all().await;
+            // The session ends of the sockets just closed (seen marks), before the process exits.
+            if let Err(e) = drain_state.seen.write_queue().await {
+                tracing::warn!(error = %e, "seen marks not written at shutdown");
+            }
             let _ = stop_accepting.send(());
         };
         let grace = Duration::from_secs(state.settings.server.shutdown_grace_secs);
@@ -173,8 +177,13 @@ fn assemble<A: Adapter + DefinedAdapter>(
         }
         None => None,
     };
-    let delivery = Delivery::new(Arc::new(io.clone()), store, PersistPolicy::new(&settings.delivery), metrics.clone());
-    let state = Arc::new(AppState::new(settings, verifier, delivery, metrics, redis, outbox)?);
+    let plain = Arc::new(crate::plain::Registry::default());
+    let peers = redis
+        .as_ref()
+        .map(|driver| Arc::new(relay::PlainRelay::new(driver.clone(), settings.server.instance_id())) as Arc<dyn crate::plain::Peers>);
+    let sockets = Transports { io: io.clone(), plain: plain.clone(), peers };
+    let delivery = Delivery::new(Arc::new(sockets), store, PersistPolicy::new(&settings.delivery), metrics.clone());
+    let state = Arc::new(AppState::new(settings, verifier, delivery, metrics, redis, outbox, plain)?);
     socket::register(&io, state.clone());
     let router = routes::router(state.clone())
         .layer(socket_layer)

@@ -47,6 +47,8 @@ pub struct AppState {
     /// Calls to the backend's webhooks (`None` without `webhooks.urls`).
     pub webhooks: Option<Arc<Webhooks>>,
     pub ingress: Arc<IngressStatus>,
+    /// This instance's plain WebSocket sockets (the delivery path applies commands to them too).
+    pub plain: Arc<crate::plain::Registry>,
     redis_reached: AtomicBool,
     draining: AtomicBool,
 }
@@ -59,6 +61,7 @@ impl AppState {
         metrics: Arc<Metrics>,
         redis: Option<ResilientDriver>,
         outbox: Option<Arc<Outbox>>,
+        plain: Arc<crate::plain::Registry>,
     ) -> anyhow::Result<AppState> {
         let node_id = settings.server.node_id();
         let instance_id = settings.server.instance_id();
@@ -109,6 +112,7 @@ impl AppState {
             webhooks,
             redis,
             ingress: Arc::default(),
+            plain,
             redis_reached: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })

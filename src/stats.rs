@@ -41,8 +41,11 @@ pub struct Snapshot {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Transports {
+    /// Socket.IO over WebSocket, Socket.IO over long-polling, plain WebSocket clients.
     pub websocket: usize,
     pub polling: usize,
+    #[serde(default)]
+    pub plain: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -70,7 +73,7 @@ pub fn snapshot(state: &AppState) -> Snapshot {
         node: state.node_id.clone(),
         at_ms: now_ms(),
         uptime_secs: state.started_at.elapsed().as_secs(),
-        connections: Transports { websocket: census.websocket, polling: census.polling },
+        connections: Transports { websocket: census.websocket, polling: census.polling, plain: census.plain },
         redis: state.redis_status().to_string(),
         ingress_last_message_secs: state.redis.as_ref().and(state.ingress.last_message_age()).map(|a| a.as_secs_f64()),
         outbox: state.outbox.as_ref().map(|o| o.len()),

@@ -1,6 +1,6 @@
 //! The dashboard (`/admin`): the page, its credential, its data and its actions, in the embedded
 //! default (headless Chromium drives it against two instances in
-//! `client-test/backends/test/11-dashboard.test.js`).
+//! `client-test/backends/test/12-dashboard.test.js`).
 
 mod common;
 

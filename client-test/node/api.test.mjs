@@ -318,7 +318,8 @@ describe('/health and /ready', () => {
       let h = await getJson(own, '/health');
       assert.equal(h.status, 200);
       assert.match(h.headers.get('content-type') ?? '', /application\/json/);
-      assert.deepEqual(Object.keys(h.body).sort(), ['connections', 'node_id', 'redis', 'status', 'uptime_secs']);
+      assert.deepEqual(Object.keys(h.body).sort(), ['connections', 'node_id', 'redis', 'status', 'transports', 'uptime_secs']);
+      assert.deepEqual(h.body.transports, { socketio: 0, websocket: 0 });
       assert.equal(h.body.status, 'ok');
       assert.equal(h.body.node_id, 'node-under-test');
       assert.equal(h.body.redis, 'disabled');
@@ -328,6 +329,7 @@ describe('/health and /ready', () => {
       const b = await connect(own.url, { auth: { token: userToken(uniqueUser()) } });
       h = await getJson(own, '/health');
       assert.equal(h.body.connections, 2);
+      assert.deepEqual(h.body.transports, { socketio: 2, websocket: 0 });
       a.socket.close();
       b.socket.close();
       const deadline = Date.now() + TIMEOUT;

@@ -116,7 +116,7 @@ for (const [name, transport] of Object.entries(variants)) {
 
 // socket.io-client 2.x appends the socket's query to the namespace of its CONNECT packet
 // (`40/admin?token=...,`), as protocol v4 specifies; the server must strip it and answer `40/admin,`.
-test('protocol v4 raw: CONNECT to /admin carrying ?token= in the packet is accepted', { todo: 'socketioxide 0.18.9 (protocol v4) keeps the ?query in the namespace name of a CONNECT packet, so 2.x clients reach only "/" (README: Clients that work)' }, async () => {
+test('protocol v4 raw: CONNECT to /admin carrying ?token= in the packet is accepted', async () => {
   const { default: WebSocket } = await import('ws');
   const token = userToken(uniqueUser());
   const ws = new WebSocket(`ws://127.0.0.1:${server.port}/socket.io/?EIO=3&transport=websocket&token=${token}`);
@@ -135,7 +135,7 @@ test('protocol v4 raw: CONNECT to /admin carrying ?token= in the packet is accep
   assert.equal(reply, '40/admin,', `server answered ${reply}`);
 });
 
-test('socket.io-client 2.x on another namespace (/admin) with ?token=', { todo: 'socketioxide 0.18.9 (protocol v4) keeps the ?query in the namespace name of a CONNECT packet, so 2.x clients reach only "/" (README: Clients that work)' }, async () => {
+test('socket.io-client 2.x on another namespace (/admin) with ?token=', async () => {
   const user = uniqueUser();
   const { socket, welcome, inbox } = await connect2(`${server.url}/admin`, { transports: ['websocket'], query: { token: userToken(user) } });
   assert.equal(welcome.data.user_id, String(user));

@@ -55,11 +55,12 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * Starts Herald. `env` holds extra HERALD__* overrides (values are strings; lists comma-separated).
  * Defaults: the test secret and API key, 127.0.0.1, a free port, RUST_LOG=warn.
  */
-export async function startHerald({ env = {}, args = [], attempts = 3 } = {}) {
+export async function startHerald({ env = {}, args = [], attempts = 3, port: fixedPort } = {}) {
   if (!existsSync(HERALD_BIN)) {
     throw new Error(`Herald binary not found at ${HERALD_BIN}: run \`cargo build\` in ${REPO_ROOT} or set HERALD_BIN`);
   }
   let lastError;
+  if (fixedPort) return launch(fixedPort, env, args); // e.g. a restart on the same port
   for (let attempt = 0; attempt < attempts; attempt++) {
     const port = await freePort();
     try {

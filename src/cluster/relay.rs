@@ -8,9 +8,16 @@
 //! which stored notifications its sockets already received; publishing with the append is what
 //! makes every instance receive them in id order, and never one stored but not sent.
 //!
+//! Commands that entered here and are not stored (an HTTP emit of another event, a disconnect)
+//! reach the other instances' Socket.IO sockets through the adapter, and their plain WebSocket
+//! sockets through [`PLAIN_CHANNEL`] ([`PlainRelay`]), applied there to the plain sockets only.
+//!
 //! The same subscription holds this instance's own channel (`herald:node:<node_id>`): Redis
 //! drops it the moment the process dies, which is how the others tell a dead instance at once.
 
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -20,7 +27,8 @@ use crate::payload::stored;
 use crate::store::StreamId;
 
 use super::channels::node_channel;
-pub use super::channels::RELAY_CHANNEL;
+pub use super::channels::{PLAIN_CHANNEL, RELAY_CHANNEL};
+use crate::plain::Registry;
 
 /// Encodes stored emits for every instance.
 pub struct RedisRelay;
@@ -39,9 +47,78 @@ impl Fanout for RedisRelay {
     }
 }
 
-/// Applies relayed stored emits to this instance's sockets until the subscription ends.
-pub async fn run(driver: ResilientDriver, delivery: Delivery, node_id: String) {
-    let channels = vec![RELAY_CHANNEL.to_string(), node_channel(&node_id)];
+/// Publishes commands for the other instances' plain sockets (see the module doc).
+pub struct PlainRelay {
+    driver: ResilientDriver,
+    instance: String,
+}
+
+impl PlainRelay {
+    pub fn new(driver: ResilientDriver, instance: String) -> PlainRelay {
+        PlainRelay { driver, instance }
+    }
+}
+
+impl crate::plain::Peers for PlainRelay {
+    fn publish<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let message = encode_plain(&self.instance, command);
+            socketioxide_redis::drivers::Driver::publish(&self.driver, PLAIN_CHANNEL.to_string(), message.into_bytes())
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn encode_plain(instance: &str, command: &Command) -> String {
+    let target = command.target();
+    let mut message = json!({ "from": instance, "ns": target.namespace, "rooms": target.rooms, "except": target.except });
+    match command {
+        Command::Emit { event, args, .. } => {
+            message["kind"] = json!("emit");
+            message["event"] = json!(event);
+            message["args"] = json!(stored::encode(args));
+        }
+        Command::Join { rooms, .. } => {
+            message["kind"] = json!("join");
+            message["join"] = json!(rooms);
+        }
+        Command::Leave { rooms, .. } => {
+            message["kind"] = json!("leave");
+            message["join"] = json!(rooms);
+        }
+        Command::Disconnect { .. } => message["kind"] = json!("disconnect"),
+    }
+    message.to_string()
+}
+
+/// `(sender instance, command)` from a [`PLAIN_CHANNEL`] message.
+fn decode_plain(payload: &[u8]) -> Result<(String, Command), String> {
+    let message: serde_json::Value = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    let text = |key: &str| message[key].as_str().map(String::from).ok_or_else(|| format!("{key} missing"));
+    let list = |key: &str| -> Result<Vec<String>, String> {
+        message[key]
+            .as_array()
+            .ok_or_else(|| format!("{key} missing"))?
+            .iter()
+            .map(|r| r.as_str().map(String::from).ok_or_else(|| format!("{key} must hold strings")))
+            .collect()
+    };
+    let target = Target { namespace: text("ns")?, rooms: list("rooms")?, except: list("except")? };
+    let command = match text("kind")?.as_str() {
+        "emit" => Command::Emit { target, event: text("event")?, args: stored::decode(&text("args")?).map_err(|e| e.to_string())? },
+        "join" => Command::Join { target, rooms: list("join")? },
+        "leave" => Command::Leave { target, rooms: list("join")? },
+        "disconnect" => Command::Disconnect { target },
+        other => return Err(format!("unknown kind {other:?}")),
+    };
+    Ok((text("from")?, command))
+}
+
+/// Applies relayed stored emits to this instance's sockets, and other instances' commands to
+/// its plain sockets, until the subscription ends.
+pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registry>, node_id: String) {
+    let channels = vec![RELAY_CHANNEL.to_string(), PLAIN_CHANNEL.to_string(), node_channel(&node_id)];
     let mut subscription = match driver.subscribe_stream(channels, vec![]).await {
         Ok(subscription) => subscription,
         Err(e) => {
@@ -50,6 +127,22 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, node_id: String) {
         }
     };
     while let Some((channel, payload)) = subscription.next().await {
+        if channel == PLAIN_CHANNEL {
+            match decode_plain(&payload) {
+                Ok((from, _)) if from == node_id => {}
+                Ok((_, command)) => {
+                    let unreachable = plain.apply(&command);
+                    if unreachable > 0 {
+                        delivery.metrics().add("herald_unreachable_sockets_total", &[], unreachable as u64);
+                    }
+                }
+                Err(e) => {
+                    delivery.metrics().inc("herald_ingress_messages_total", &[("source", "plain_relay"), ("outcome", "malformed")]);
+                    tracing::warn!(error = %e, "malformed plain relay message skipped");
+                }
+            }
+            continue;
+        }
         if channel != RELAY_CHANNEL {
             continue;
         }

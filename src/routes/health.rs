@@ -28,6 +28,7 @@ pub async fn health(State(state): State<Arc<AppState>>) -> impl IntoResponse {
         "status": "ok",
         "node_id": state.node_id,
         "connections": state.connections.total(),
+        "transports": { "socketio": state.connections.total().saturating_sub(state.plain.len()), "websocket": state.plain.len() },
         "redis": state.redis_status(),
         "uptime_secs": state.started_at.elapsed().as_secs(),
     });
@@ -90,8 +91,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     };
     let outages = state.redis.as_ref().map_or(0, |r| r.outages()) as f64;
     let dropped = state.redis.as_ref().map_or(0, |r| r.dropped_messages()) as f64;
+    let socketio = state.connections.total().saturating_sub(state.plain.len());
     let body = state.metrics.render(&[
         ("herald_connections", state.connections.total() as f64),
+        ("herald_connections_socketio", socketio as f64),
+        ("herald_connections_websocket", state.plain.len() as f64),
         ("herald_uptime_seconds", state.started_at.elapsed().as_secs_f64()),
         ("herald_redis_up", redis_up),
         ("herald_redis_outages", outages),

@@ -37,8 +37,14 @@ use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
     let (router, openapi) = described_routes().split_for_parts();
+    let plain = &state.settings.websocket;
+    let sockets = match plain.enabled {
+        true => Router::new().route(&plain.path, axum::routing::get(crate::plain::endpoint)),
+        false => Router::new(),
+    };
     router
         .layer(Extension(schema::Document::new(&openapi)))
+        .merge(sockets)
         .merge(admin::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

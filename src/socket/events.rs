@@ -198,7 +198,7 @@ async fn presence_list<A: Adapter>(state: &AppState, socket: &SocketRef<A>, data
     Ok(json!({ "ok": true, "room": room, "count": count, "users": users, "offset": offset }))
 }
 
-fn refuse(state: &AppState, refusal: JoinRefusal) -> String {
+pub(crate) fn refuse(state: &AppState, refusal: JoinRefusal) -> String {
     let reason = match refusal {
         JoinRefusal::Empty | JoinRefusal::TooLong(_) | JoinRefusal::ControlCharacters => "invalid_name",
         JoinRefusal::NotGranted => "not_granted",

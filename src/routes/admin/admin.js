@@ -86,9 +86,10 @@
     const instances = data.instances || [];
     const ws = instances.reduce((n, i) => n + i.connections.websocket, 0);
     const polling = instances.reduce((n, i) => n + i.connections.polling, 0);
+    const plain = instances.reduce((n, i) => n + (i.connections.plain ?? 0), 0);
     $('mode').textContent = data.mode === 'cluster' ? '· cluster' : '· embedded';
-    $('t-connections').textContent = ws + polling;
-    $('t-transports').textContent = `${ws} websocket · ${polling} polling`;
+    $('t-connections').textContent = ws + polling + plain;
+    $('t-transports').textContent = `${ws} websocket · ${polling} polling · ${plain} plain`;
     $('t-online').textContent = data.online_users ?? '–';
     $('t-instances').textContent = instances.length;
     const down = instances.filter((i) => i.redis === 'down').length;
@@ -109,6 +110,7 @@
       tr.appendChild(text('td', fmtUptime(i.uptime_secs)));
       tr.appendChild(text('td', String(i.connections.websocket), 'ws'));
       tr.appendChild(text('td', String(i.connections.polling), 'polling'));
+      tr.appendChild(text('td', String(i.connections.plain ?? 0), 'plain'));
       const redis = document.createElement('td'); redis.appendChild(text('span', i.redis, `pill ${i.redis}`)); tr.appendChild(redis);
       tr.appendChild(text('td', i.ingress_last_message_secs == null ? '–' : `last message ${Math.round(i.ingress_last_message_secs)} s ago`));
       tr.appendChild(text('td', i.outbox == null ? '–' : String(i.outbox)));

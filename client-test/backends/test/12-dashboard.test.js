@@ -1,4 +1,4 @@
-// 11. The dashboard in headless Chromium, against two real instances sharing a Redis: refused
+// 12. The dashboard in headless Chromium, against two real instances sharing a Redis: refused
 //     without the credential; with it, the connection counts follow sockets the test opens and
 //     closes on both instances; the test-notification form reaches a real socket.io-client; a
 //     screenshot is written as a test artifact (RUN_DIR/dashboard.png).
