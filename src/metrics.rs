@@ -64,6 +64,7 @@ pub const COUNTERS: &[Def] = &[
     def("herald_outbox_total", &["outcome"], "Outbox entries, by outcome (queued, refused, flushed, dropped)"),
     def("herald_replayed_total", &[], "Stored notifications sent again to reconnecting sockets"),
     def("herald_replay_failures_total", &[], "Replays skipped because the store was unavailable"),
+    def("herald_relay_caught_up_total", &[], "Stored notifications applied from the relay log after a gap in this instance's subscription"),
     def("herald_cluster_fallbacks_total", &[], "Commands that could not reach the other instances through the adapter (queued or refused)"),
     def("herald_unreachable_sockets_total", &[], "Sockets that missed a packet because they were closed or too slow"),
     def("herald_api_refusals_total", &["reason"], "HTTP API requests refused (unauthorized, bad_request, unavailable, admin_unauthorized)"),

@@ -140,6 +140,12 @@ impl ResilientDriver {
         Ok(Self { shared, lifetime: Arc::new(Lifetime { stop }) })
     }
 
+    /// One command on the publishing connection (fails at once while Redis is down).
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, DriverError> {
+        let mut publisher = self.publisher()?;
+        bounded(PUBLISH_TIMEOUT, cmd.query_async(&mut publisher)).await
+    }
+
     /// Where Redis is, for the other connections Herald makes (store, bookkeeping).
     pub fn endpoint(&self) -> &Arc<Endpoint> {
         &self.shared.endpoint

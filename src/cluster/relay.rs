@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::driver::ResilientDriver;
+use super::redis_state::RedisState;
 use crate::delivery::{Command, Delivery, Fanout, Target};
 use crate::payload::stored;
 use crate::store::StreamId;
@@ -126,7 +127,26 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registr
             return;
         }
     };
-    while let Some((channel, payload)) = subscription.next().await {
+    let mut states = driver.watch_state();
+    states.borrow_and_update();
+    // The relay log entry of the last stored emit applied here.
+    let mut applied: Option<StreamId> = None;
+    loop {
+        let (channel, payload) = tokio::select! {
+            message = subscription.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
+            changed = states.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if *states.borrow_and_update() == RedisState::Up {
+                    catch_up(&driver, &delivery, &mut applied).await;
+                }
+                continue;
+            }
+        };
         if channel == PLAIN_CHANNEL {
             match decode_plain(&payload) {
                 Ok((from, _)) if from == node_id => {}
@@ -147,7 +167,15 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registr
             continue;
         }
         match decode(&payload) {
-            Ok((nid, command)) => {
+            Ok((nid, entry, command)) => {
+                if let (Some(entry), Some(done)) = (entry, applied) {
+                    if entry <= done {
+                        continue; // applied by a catch-up already
+                    }
+                }
+                if entry.is_some() {
+                    applied = entry;
+                }
                 let _ = delivery.apply_stored_locally(nid, command).await;
             }
             Err(e) => {
@@ -158,9 +186,56 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registr
     }
 }
 
-fn decode(payload: &[u8]) -> Result<(StreamId, Command), String> {
+/// Most relay log entries read per round of a catch-up.
+const CATCH_UP_BATCH: usize = 500;
+
+/// Applies what the relay log holds after `applied` (nothing before this instance applied its
+/// first relayed emit: its sockets were replayed on connect).
+async fn catch_up(driver: &ResilientDriver, delivery: &Delivery, applied: &mut Option<StreamId>) {
+    let Some(mut after) = *applied else { return };
+    let mut caught = 0u64;
+    loop {
+        let entries: Vec<(String, Vec<(String, String)>)> =
+            match driver.query(redis::cmd("XRANGE").arg("herald:relaylog").arg(format!("({after}")).arg("+").arg("COUNT").arg(CATCH_UP_BATCH)).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay catch-up failed: stored notifications of the gap reach sockets by replay only");
+                    return;
+                }
+            };
+        let n = entries.len();
+        for (id, fields) in entries {
+            let Ok(entry) = id.parse::<StreamId>() else { continue };
+            after = entry;
+            let field = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+            let (Some(nid), Some(message)) = (field("nid"), field("m")) else { continue };
+            match decode(format!("{nid} {id}\n{message}").as_bytes()) {
+                Ok((nid, _, command)) => {
+                    let _ = delivery.apply_stored_locally(nid, command).await;
+                    caught += 1;
+                }
+                Err(e) => tracing::warn!(error = %e, "malformed relay log entry skipped"),
+            }
+        }
+        *applied = Some(after);
+        if n < CATCH_UP_BATCH {
+            break;
+        }
+    }
+    if caught > 0 {
+        delivery.metrics().add("herald_relay_caught_up_total", &[], caught);
+        tracing::info!(notifications = caught, "relay caught up after a gap in the subscription");
+    }
+}
+
+/// `<nid>[ <relay log entry>]\n<message>` → (nid, entry, command).
+fn decode(payload: &[u8]) -> Result<(StreamId, Option<StreamId>, Command), String> {
     let newline = payload.iter().position(|b| *b == b'\n').ok_or("no id line")?;
-    let nid: StreamId = std::str::from_utf8(&payload[..newline]).map_err(|e| e.to_string())?.parse()?;
+    let line = std::str::from_utf8(&payload[..newline]).map_err(|e| e.to_string())?;
+    let (nid, entry) = match line.split_once(' ') {
+        Some((nid, entry)) => (nid.parse::<StreamId>()?, Some(entry.parse::<StreamId>()?)),
+        None => (line.parse::<StreamId>()?, None),
+    };
     let message: serde_json::Value = serde_json::from_slice(&payload[newline + 1..]).map_err(|e| e.to_string())?;
     let text = |key: &str| message[key].as_str().map(String::from).ok_or_else(|| format!("{key} missing"));
     let list = |key: &str| -> Result<Vec<String>, String> {
@@ -173,7 +248,7 @@ fn decode(payload: &[u8]) -> Result<(StreamId, Command), String> {
     };
     let target = Target { namespace: text("ns")?, rooms: list("rooms")?, except: list("except")? };
     let args = stored::decode(&text("args")?).map_err(|e| e.to_string())?;
-    Ok((nid, Command::Emit { target, event: text("event")?, args }))
+    Ok((nid, entry, Command::Emit { target, event: text("event")?, args }))
 }
 
 #[cfg(test)]
@@ -192,7 +267,8 @@ mod tests {
             assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
         let good = b"1-0\n{\"ns\":\"/\",\"rooms\":[\"user_1\"],\"except\":[],\"event\":\"notification\",\"args\":\"[{\\\"a\\\":1}]\"}";
-        let (nid, command) = decode(good).unwrap();
+        let (nid, entry, command) = decode(good).unwrap();
+        assert_eq!(entry, None);
         assert_eq!(nid, StreamId::new(1, 0));
         assert!(matches!(command, Command::Emit { ref event, .. } if event == "notification"));
     }

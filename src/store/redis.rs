@@ -47,8 +47,10 @@ const CLAIM_WINDOW: Duration = Duration::from_secs(3);
 ///
 /// With an idempotency key (ARGV[10]) already stored, nothing happens and the first id comes
 /// back with `fresh` 0. With a relay message (ARGV[13]), the stored emit is published on the
-/// relay channel (ARGV[12]) as `<nid>\n<message>` in the same atomic step: every instance
-/// receives stored emits in the order of their ids, and a stored emit is never left unpublished.
+/// relay channel (ARGV[12]) as `<nid> <entry id>\n<message>` in the same atomic step, and kept in
+/// the relay log `herald:relaylog` (the last ~50,000, under their entry ids): every instance
+/// receives stored emits in the order of their ids, a stored emit is never left unpublished, and
+/// an instance whose subscription had a gap reads what it missed from the log.
 ///
 /// Every instance receives each published message once, within milliseconds of the others, and
 /// calls this with the same dedup key (the message's hash) and its own node id. An instance takes
@@ -107,7 +109,8 @@ if idem ~= '' then
   redis.call('SET', idem, nid, 'PX', ARGV[11])
 end
 if ARGV[13] ~= '' then
-  redis.call('PUBLISH', ARGV[12], nid .. '\n' .. ARGV[13])
+  redis.call('PUBLISH', ARGV[12], nid .. ' ' .. id .. '\n' .. ARGV[13])
+  redis.call('XADD', 'herald:relaylog', 'MAXLEN', '~', 50000, id, 'nid', nid, 'm', ARGV[13])
 end
 return {nid, 1}
 "#;
