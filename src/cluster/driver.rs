@@ -140,6 +140,11 @@ impl ResilientDriver {
         Ok(Self { shared, lifetime: Arc::new(Lifetime { stop }) })
     }
 
+    /// Why Redis is unreachable, as the last connection attempt failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.shared.reachability.last_error()
+    }
+
     /// One command on the publishing connection (fails at once while Redis is down).
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, DriverError> {
         let mut publisher = self.publisher()?;

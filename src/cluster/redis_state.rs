@@ -31,6 +31,8 @@ pub(crate) struct Reachability {
     /// Set once the current period of unavailability has been logged, so that the retries that
     /// follow stay quiet.
     unavailability_logged: AtomicBool,
+    /// Why the last connection attempt failed (cleared when one succeeds), for `/ready`.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Reachability {
@@ -41,7 +43,13 @@ impl Reachability {
             outages: AtomicU64::new(0),
             listening_since_ms: AtomicU64::new(0),
             unavailability_logged: AtomicBool::new(false),
+            last_error: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why Redis is unreachable, as the last attempt failed (a wrong password, a certificate).
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn current(&self) -> RedisState {
@@ -67,6 +75,7 @@ impl Reachability {
     pub(crate) fn mark_up(&self, addr: &str, opened_at_ms: u64) {
         self.listening_since_ms.store(opened_at_ms, Ordering::Relaxed);
         self.unavailability_logged.store(false, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let previous = self.state.send_replace(RedisState::Up);
         if previous == RedisState::Down {
             tracing::info!(redis = addr, "Redis connection established; cross-node delivery active");
@@ -76,6 +85,7 @@ impl Reachability {
     /// Records a lost connection or a failed connection attempt. Logs a warning only for the
     /// first failure of each period of unavailability.
     pub(crate) fn mark_down(&self, addr: &str, cause: &dyn Display) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(cause.to_string());
         let previous = self.state.send_replace(RedisState::Down);
         let already_logged = self.unavailability_logged.swap(true, Ordering::Relaxed);
         if previous == RedisState::Up {

@@ -69,7 +69,8 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     if state.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "draining" })))
     } else if !state.is_ready() {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "waiting for redis" })))
+        let error = state.redis.as_ref().and_then(|r| r.last_error());
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "waiting for redis", "error": error })))
     } else {
         (StatusCode::OK, Json(json!({ "status": "ready" })))
     }
