@@ -425,7 +425,7 @@ def compose_agrees():
 def nginx_locations_match():
     production = nginx_locations((DEPLOY / "nginx.conf").read_text())
     composed = nginx_locations((DEPLOY / "compose-nginx.conf").read_text())
-    expect(len(production) == 3, f"nginx.conf has {len(production)} location blocks")
+    expect(len(production) == 4, f"nginx.conf has {len(production)} location blocks")
     expect(production == composed, "compose-nginx.conf's location blocks differ from nginx.conf's")
 
 

@@ -55,7 +55,8 @@ async fn every_documented_operation_is_served_with_the_documented_methods_and_se
         let operation = &document["paths"][template][method.to_lowercase()];
         let with_key = status(&app, method, &path, true).await;
         assert!(![404, 405].contains(&with_key), "{method} {template} is documented but answers {with_key}");
-        let secured = operation["security"] == serde_json::json!([{ "api_key": [] }]);
+        let api_key = operation["security"] == serde_json::json!([{ "api_key": [] }]);
+        let secured = api_key || operation["security"] == serde_json::json!([{ "admin": [] }]);
         let without_key = status(&app, method, &path, false).await;
         if secured {
             assert_eq!(without_key, 401, "{method} {template} needs the API key");
@@ -64,7 +65,8 @@ async fn every_documented_operation_is_served_with_the_documented_methods_and_se
             assert!(operation.get("security").is_none(), "{method} {template}: {}", operation["security"]);
             assert_ne!(without_key, 401, "{method} {template} is documented without security");
         }
-        assert_eq!(template.starts_with("/api/v1/") && template != "/api/v1/openapi.json", secured, "{method} {template}");
+        assert_eq!(template.starts_with("/api/v1/") && template != "/api/v1/openapi.json", api_key, "{method} {template}");
+        assert_eq!(template.starts_with("/admin/api/"), secured && !api_key, "{method} {template}: the dashboard's routes need the admin credential");
         for code in operation["responses"].as_object().unwrap().keys() {
             assert!(code.parse::<u16>().is_ok(), "{method} {template}: response {code}");
         }
@@ -119,7 +121,7 @@ async fn the_routes_the_tests_exercise_are_exactly_the_documented_ones() {
         })
         .collect();
 
-    let literal = regex::Regex::new(r#""(/(?:api/|health|ready|metrics)[^"?\s]*)"#).unwrap();
+    let literal = regex::Regex::new(r#""(/(?:api/|admin/api/|health|ready|metrics)[^"?\s]*)"#).unwrap();
     let mut exercised = BTreeSet::new();
     let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))];
     while let Some(dir) = dirs.pop() {

@@ -72,7 +72,7 @@ async fn client(instance: &HeraldProcess, user: &str, last_id: Option<&str>) -> 
 
 #[tokio::test]
 async fn after_a_master_failover_delivery_resumes_by_itself_and_stored_notifications_remain() {
-    let dir = std::env::temp_dir().join(format!("herald-sentinel-{}-{}", std::process::id(), herald::notification::now_ms()));
+    let dir = std::env::temp_dir().join(format!("herald-sentinel-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut redis = Processes { dir: dir.clone(), children: vec![] };
     let (master, replica) = (free_port(), free_port());

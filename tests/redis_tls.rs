@@ -29,7 +29,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 impl TlsRedis {
     fn start() -> TlsRedis {
-        let dir = std::env::temp_dir().join(format!("herald-tls-{}-{}", std::process::id(), herald::notification::now_ms()));
+        let dir = std::env::temp_dir().join(format!("herald-tls-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         for (name, subject) in [("ca", "/CN=herald-test-ca"), ("other-ca", "/CN=some-other-ca")] {
             openssl(&dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{name}.key"), "-out", &format!("{name}.crt"), "-days", "2", "-subj", subject]);

@@ -24,6 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use super::schema::ErrorBody;
 use super::{api, ApiError};
 use crate::state::AppState;
 
@@ -80,6 +81,36 @@ async fn require_admin(State(state): State<Arc<AppState>>, request: Request, nex
     ApiError(StatusCode::UNAUTHORIZED, reason.into()).into_response()
 }
 
+/// Where the dashboard's routes are documented (at the default `admin.path`; [`document`]
+/// moves them to the configured one).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(overview, notify, disconnect))]
+pub struct AdminDoc;
+
+/// The dashboard's routes under the configured `admin.path`, with the admin security scheme.
+pub fn document(path: &str) -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let mut doc = AdminDoc::openapi();
+    let paths = std::mem::take(&mut doc.paths.paths);
+    for (template, item) in paths {
+        let moved = template.replacen("/admin", path, 1);
+        doc.paths.paths.insert(moved, item);
+    }
+    doc
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/api/overview",
+    tag = "dashboard",
+    operation_id = "admin_overview",
+    summary = "What the dashboard shows: every live instance's snapshot (connections by transport, counters, queues, busiest rooms, last problems) and the users online",
+    responses(
+        (status = 200, description = "`{\"mode\", \"online_users\", \"instances\": [...]}`", body = Object),
+        (status = 401, description = "No admin credential (a key of `admin.keys`, or a token whose role is in `admin.roles`)", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 async fn overview(State(state): State<Arc<AppState>>) -> Json<Value> {
     let instances = crate::stats::cluster(&state, state.bookkeeping.as_ref()).await;
     let online = state.presence.backend().online_count().await.ok();
@@ -97,6 +128,21 @@ fn field(body: &Bytes, name: &str) -> Result<(Value, String), ApiError> {
     Ok((body, value))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/api/notify",
+    tag = "dashboard",
+    operation_id = "admin_notify",
+    summary = "Send a test notification to a user (through the same code as POST /api/v1/notify)",
+    request_body(content = Object, content_type = "application/json", description = "`{\"user\", \"message\"?, \"type\"?}`"),
+    responses(
+        (status = 202, description = "Stored and delivered, or queued in the outbox", body = Object),
+        (status = 400, description = "No `user`", body = ErrorBody),
+        (status = 401, description = "No admin credential (a key of `admin.keys`, or a token whose role is in `admin.roles`)", body = ErrorBody),
+        (status = 503, description = "Nothing was done: retry", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 async fn notify(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let (body, user) = field(&body, "user")?;
     let message = body.get("message").and_then(Value::as_str).filter(|m| !m.trim().is_empty()).unwrap_or("Test notification from the dashboard");
@@ -105,6 +151,21 @@ async fn notify(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Respo
     Ok(api::notify(State(state), HeaderMap::new(), Bytes::from(request.to_string())).await?.into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/api/disconnect",
+    tag = "dashboard",
+    operation_id = "admin_disconnect",
+    summary = "Disconnect every socket of a user, on every instance",
+    request_body(content = Object, content_type = "application/json", description = "`{\"user\"}`"),
+    responses(
+        (status = 202, description = "Done, or queued in the outbox", body = Object),
+        (status = 400, description = "No `user`", body = ErrorBody),
+        (status = 401, description = "No admin credential (a key of `admin.keys`, or a token whose role is in `admin.roles`)", body = ErrorBody),
+        (status = 503, description = "Nothing was done: retry", body = ErrorBody),
+    ),
+    security(("admin" = [])),
+)]
 async fn disconnect(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let (_, user) = field(&body, "user")?;
     Ok(api::disconnect_user(State(state), Path(user)).await?.into_response())

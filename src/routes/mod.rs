@@ -36,7 +36,8 @@ use utoipa_axum::routes;
 use crate::state::AppState;
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let (router, openapi) = described_routes().split_for_parts();
+    let (router, mut openapi) = described_routes().split_for_parts();
+    openapi.merge(admin::document(&state.settings.admin.path));
     let plain = &state.settings.websocket;
     let sockets = match plain.enabled {
         true => Router::new().route(&plain.path, axum::routing::get(crate::plain::endpoint)),

@@ -29,7 +29,8 @@ use utoipa::{IntoParams, Modify, OpenApi, PartialSchema, ToSchema};
     ),
     tags(
         (name = "api", description = "The backend API (needs an API key)"),
-        (name = "operations", description = "Health, readiness, metrics and this description (no API key)")
+        (name = "operations", description = "Health, readiness, metrics and this description (no API key)"),
+        (name = "dashboard", description = "The dashboard's data and actions (admin credential; under `admin.path`)")
     ),
     modifiers(&ApiKeyScheme)
 )]
@@ -49,6 +50,15 @@ impl Modify for ApiKeyScheme {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("One of the keys in `api.keys` (`HERALD__API__KEYS`); without a configured key the API answers 401"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "admin",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("A key of `admin.keys`, or a JWT (verified like a socket's) whose `role` is in `admin.roles`"))
                     .build(),
             ),
         );
