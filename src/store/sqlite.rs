@@ -270,6 +270,10 @@ struct Inner {
     user_rooms: HashMap<String, String>,
 }
 
+/// The streams one append changed in memory (the index of the room, and the stream before), to
+/// put back when its transaction does not commit.
+type Changed = Vec<(usize, Option<Stream>)>;
+
 /// What the store knows of a stream without reading it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stream {
@@ -450,7 +454,12 @@ fn write_appends(core: &Core, queue: mpsc::Receiver<Job>) {
 }
 
 impl SqliteStore {
-    fn queue_append(&self, namespace: &str, rooms: &[String], emit: Stored<'_>) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
+    fn queue_append(
+        &self,
+        namespace: &str,
+        rooms: &[String],
+        emit: Stored<'_>,
+    ) -> Result<oneshot::Receiver<Result<Appended, StoreError>>, StoreError> {
         // One instance receives each message once: `dedup` has nothing to deduplicate, and the
         // caller delivers locally: `relay` has no one to reach.
         let Stored { event, args, nid, idempotency, .. } = emit;
@@ -499,7 +508,7 @@ impl Core {
         };
         let mut answers = Vec::with_capacity(jobs.len());
         // What each append changed in memory, to put back if the commit fails.
-        let mut undo: Vec<(&Job, Vec<(usize, Option<Stream>)>)> = Vec::with_capacity(jobs.len());
+        let mut undo: Vec<(&Job, Changed)> = Vec::with_capacity(jobs.len());
         for job in jobs {
             let mut changed = Vec::with_capacity(job.rooms.len());
             let appended = savepoint(conn, || self.append_one(conn, last_id, streams, job, now, oldest_kept, &mut changed));
@@ -565,7 +574,7 @@ impl Core {
         job: &Job,
         now: u64,
         oldest_kept: i64,
-        changed: &mut Vec<(usize, Option<Stream>)>,
+        changed: &mut Changed,
     ) -> Result<Appended, StoreError> {
         let Job { namespace, rooms, event, args, nid, idempotency, .. } = job;
         if let Some((key, _)) = idempotency {
@@ -605,9 +614,11 @@ impl Core {
             put_key(conn, key, &nid_text, now, *window)?;
         }
         if rooms.is_empty() {
-            conn.prepare_cached("INSERT INTO meta (key, value) VALUES ('last_id', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-                .and_then(|mut s| s.execute(params![last_id.to_string()]))
-                .map_err(failed)?;
+            conn.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('last_id', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut s| s.execute(params![last_id.to_string()]))
+            .map_err(failed)?;
         }
         Ok(Appended { nid, fresh: true })
     }
