@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value as Json};
 use tokio::sync::{watch, Notify};
@@ -78,17 +79,32 @@ pub async fn accept(delivery: &Delivery, outbox: Option<&Outbox>, submission: Su
     }
 }
 
-/// Applies every part in order; the first stored part's id is the notification's.
+/// Applies every part; the first stored part's id is the notification's. Parts are applied one
+/// at a time until the notification has its id; the rest, which all carry it, are staged (stored)
+/// at once, so that the store takes them together (the embedded default commits them in one
+/// transaction, Redis pipelines them), and completed (delivered) in their order. A part that
+/// fails does not keep the others from being delivered; the first failure is the answer.
 async fn submit(delivery: &Delivery, submission: &Submission, window: Duration) -> Result<Option<StreamId>, DeliveryError> {
+    let keys: Vec<Option<String>> = (0..submission.parts.len()).map(|i| submission.key.as_ref().map(|k| format!("{k}#{i}"))).collect();
+    let origin = |i: usize, nid: Option<StreamId>| Origin {
+        nid,
+        idempotency: keys[i].as_deref().map(|key| Idempotency { key, window }),
+        ..Origin::http()
+    };
     let mut id = submission.nid;
-    for (i, part) in submission.parts.iter().enumerate() {
-        let key = submission.key.as_ref().map(|k| format!("{k}#{i}"));
-        let idempotency = key.as_deref().map(|key| Idempotency { key, window });
-        let origin = Origin { nid: id, idempotency, ..Origin::http() };
-        let applied = delivery.apply(part.clone(), origin).await?;
-        id = id.or(applied);
+    let mut parts = submission.parts.iter().enumerate();
+    while id.is_none() {
+        let Some((i, part)) = parts.next() else { return Ok(None) };
+        id = delivery.apply(part.clone(), origin(i, None)).await?;
     }
-    Ok(id)
+    let staged = join_all(parts.map(|(i, part)| delivery.stage(part.clone(), origin(i, id)))).await;
+    let mut failed = None;
+    for staged in staged {
+        if let Err(e) = delivery.complete(staged).await {
+            failed.get_or_insert(e);
+        }
+    }
+    failed.map_or(Ok(id), Err)
 }
 
 /// Submissions waiting for Redis, on disk, oldest first.

@@ -212,3 +212,59 @@ async fn a_malformed_idempotency_key_is_refused_and_counted() {
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains(r#"herald_api_refusals_total{reason="bad_request"} 2"#), "{metrics}");
 }
+
+/// A notification to many users: its parts are stored together (one transaction in the embedded
+/// default), under one id, once per user; a retry with the same key stores and delivers nothing
+/// again; concurrent notifications to the same users each keep one id for all of them.
+#[tokio::test]
+async fn a_notification_to_many_users_is_stored_once_per_user_under_one_id() {
+    let app = spawn_app().await;
+    let online_users = ["1", "17", "40"];
+    let mut online = Vec::new();
+    for user in online_users {
+        online.push(app.connect(user).await);
+    }
+    let users: Vec<String> = (1..=40).map(|u| u.to_string()).collect();
+    let body = json!({ "to": { "users": users }, "type": "t", "message": "to many" });
+    let send = |key: Option<&'static str>| {
+        let mut request = app.http.post(app.url("/api/v1/notify")).bearer_auth(API_KEY).json(&body);
+        if let Some(key) = key {
+            request = request.header("idempotency-key", key);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 202);
+            response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+        }
+    };
+    let id = send(Some("many-1")).await;
+    for (client, user) in online.iter_mut().zip(online_users) {
+        let n = client.next_notification().await.expect("delivered");
+        assert_eq!((n["id"].as_str().unwrap(), n["channel"].as_str().unwrap()), (id.as_str(), format!("user_{user}").as_str()));
+    }
+    assert_eq!(send(Some("many-1")).await, id, "a retry answers the first id");
+    for client in online.iter_mut() {
+        assert!(client.receives_nothing("notification", Duration::from_millis(200)).await, "a retry delivers nothing again");
+    }
+
+    let mut ids: Vec<String> = futures_util::future::join_all((0..5).map(|_| send(None))).await;
+    ids.push(id);
+    ids.sort_by_key(|id| id.parse::<herald::store::StreamId>().unwrap());
+    ids.dedup();
+    assert_eq!(ids.len(), 6, "one id per notification");
+    for client in online.iter_mut() {
+        let mut received = Vec::new();
+        for _ in 0..5 {
+            received.push(client.next_notification().await.expect("delivered")["id"].as_str().unwrap().to_string());
+        }
+        received.sort_by_key(|id| id.parse::<herald::store::StreamId>().unwrap());
+        assert_eq!(received, ids[1..]);
+    }
+    for user in &users {
+        let (status, history) = app.get_with_key(&format!("/api/v1/users/{user}/notifications")).await;
+        assert_eq!(status, 200);
+        let mut stored: Vec<String> = history["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+        stored.sort_by_key(|id| id.parse::<herald::store::StreamId>().unwrap());
+        assert_eq!(stored, ids, "user {user}: each notification stored once, under its id");
+    }
+}
