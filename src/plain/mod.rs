@@ -287,6 +287,10 @@ impl Session {
                             if text.contains("too long") || text.contains("Space limit") || text.contains("too big") {
                                 self.state.metrics.inc("herald_plain_frames_refused_total", &[("reason", "too_big")]);
                                 close_with(sink, stream, close::MESSAGE_TOO_BIG, "message too big").await;
+                                // The rest of the oversized frame is still unread: closing the TCP
+                                // connection now would reset it before the client reads the close
+                                // frame (it would see 1006). Give it a moment to read it and close.
+                                tokio::time::sleep(Duration::from_millis(500)).await;
                                 return ("packet_parsing_error", true);
                             }
                             return ("transport_error", false);
