@@ -303,17 +303,21 @@ impl SeenMarks {
         let mut late = Vec::new();
         for user in users {
             let Ok(sessions) = self.store.sessions(&user).await else { continue };
-            let others: Vec<String> =
-                sessions.nodes.iter().filter(|n| n.node != self.node_id && n.sockets > 0).map(|n| n.node.clone()).collect();
-            let online_elsewhere = match self.store.node_marks(&others).await {
-                Ok(marks) => marks.iter().any(|m| m.alive),
+            let others: Vec<_> = sessions.nodes.iter().filter(|n| n.node != self.node_id && n.sockets > 0).collect();
+            let names: Vec<String> = others.iter().map(|n| n.node.clone()).collect();
+            let marks = match self.store.node_marks(&names).await {
+                Ok(marks) => marks,
                 Err(_) => continue,
             };
-            if online_elsewhere {
+            if marks.iter().any(|m| m.alive) {
                 continue;
             }
-            // The sockets elsewhere went away: the seen mark says where the user stood.
-            let mark = sessions.seen.unwrap_or_default();
+            // The sockets elsewhere went away: the seen mark says where the user stood, or, for
+            // an instance that died holding them, what it had delivered (as in `cursor`).
+            let mut mark = sessions.seen.unwrap_or_default();
+            for (session, node) in others.iter().zip(&marks) {
+                mark = mark.max(session.since.max(node.delivered.unwrap_or_default()));
+            }
             let mut book = self.book();
             late.extend(self.take_late(&user, mark, &mut book));
             if let Some(watches) = book.watches.get_mut(&user) {
