@@ -383,7 +383,7 @@ struct Inner {
     store: Arc<dyn Store>,
     persist: PersistPolicy,
     fanout: Mutex<Option<Arc<dyn Fanout>>>,
-    stored_listener: Mutex<Option<Arc<dyn StoredListener>>>,
+    stored_listener: std::sync::OnceLock<Arc<dyn StoredListener>>,
     metrics: Arc<Metrics>,
     gate: tokio::sync::RwLock<()>,
     recent: Mutex<Recent>,
@@ -398,7 +398,7 @@ impl Delivery {
                 store,
                 persist,
                 fanout: Mutex::new(None),
-                stored_listener: Mutex::new(None),
+                stored_listener: std::sync::OnceLock::new(),
                 metrics,
                 gate: tokio::sync::RwLock::new(()),
                 recent: Mutex::new(Recent::default()),
@@ -414,7 +414,9 @@ impl Delivery {
 
     /// Who is told of every notification stored here (the webhooks).
     pub fn set_stored_listener(&self, listener: Arc<dyn StoredListener>) {
-        *self.inner.stored_listener.lock().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+        if self.inner.stored_listener.set(listener).is_err() {
+            tracing::warn!("stored listener already set: the second one is ignored");
+        }
     }
 
     /// This instance's sockets by transport and its busiest rooms (the dashboard).
@@ -465,8 +467,7 @@ impl Delivery {
                 let emit = Stored { event, args, dedup, nid, idempotency, relay: relay.as_deref() };
                 let id = self.store_once(&target.namespace, &streams, emit, scope).await;
                 if let StagedId::Stored { nid, .. } = &id {
-                    let listener = self.inner.stored_listener.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    if let Some(listener) = listener {
+                    if let Some(listener) = self.inner.stored_listener.get() {
                         listener.stored(&streams, *nid, args);
                     }
                 }

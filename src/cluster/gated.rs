@@ -63,3 +63,9 @@ impl Gated {
         Ok(connection)
     }
 }
+
+/// The members of the sorted set `key` scored at or before `now` (at most `limit`): the due
+/// entries of a schedule kept in Redis (presence graces, webhook batches, unread checks).
+pub async fn due_members(conn: &mut ConnectionManager, key: &str, now: u64, limit: usize) -> Result<Vec<String>, String> {
+    redis::cmd("ZRANGEBYSCORE").arg(key).arg("-inf").arg(now).arg("LIMIT").arg(0).arg(limit).query_async(conn).await.map_err(|e| e.to_string())
+}

@@ -93,18 +93,25 @@ fn encode_plain(instance: &str, command: &Command) -> String {
     message.to_string()
 }
 
+/// A string field of a relayed message.
+fn field_text(message: &serde_json::Value, key: &str) -> Result<String, String> {
+    message[key].as_str().map(String::from).ok_or_else(|| format!("{key} missing"))
+}
+
+/// A list-of-strings field of a relayed message.
+fn field_list(message: &serde_json::Value, key: &str) -> Result<Vec<String>, String> {
+    message[key]
+        .as_array()
+        .ok_or_else(|| format!("{key} missing"))?
+        .iter()
+        .map(|r| r.as_str().map(String::from).ok_or_else(|| format!("{key} must hold strings")))
+        .collect()
+}
+
 /// `(sender instance, command)` from a [`PLAIN_CHANNEL`] message.
 fn decode_plain(payload: &[u8]) -> Result<(String, Command), String> {
     let message: serde_json::Value = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
-    let text = |key: &str| message[key].as_str().map(String::from).ok_or_else(|| format!("{key} missing"));
-    let list = |key: &str| -> Result<Vec<String>, String> {
-        message[key]
-            .as_array()
-            .ok_or_else(|| format!("{key} missing"))?
-            .iter()
-            .map(|r| r.as_str().map(String::from).ok_or_else(|| format!("{key} must hold strings")))
-            .collect()
-    };
+    let (text, list) = (|key: &str| field_text(&message, key), |key: &str| field_list(&message, key));
     let target = Target { namespace: text("ns")?, rooms: list("rooms")?, except: list("except")? };
     let command = match text("kind")?.as_str() {
         "emit" => Command::Emit { target, event: text("event")?, args: stored::decode(&text("args")?).map_err(|e| e.to_string())? },
@@ -237,15 +244,7 @@ fn decode(payload: &[u8]) -> Result<(StreamId, Option<StreamId>, Command), Strin
         None => (line.parse::<StreamId>()?, None),
     };
     let message: serde_json::Value = serde_json::from_slice(&payload[newline + 1..]).map_err(|e| e.to_string())?;
-    let text = |key: &str| message[key].as_str().map(String::from).ok_or_else(|| format!("{key} missing"));
-    let list = |key: &str| -> Result<Vec<String>, String> {
-        message[key]
-            .as_array()
-            .ok_or_else(|| format!("{key} missing"))?
-            .iter()
-            .map(|r| r.as_str().map(String::from).ok_or_else(|| format!("{key} must hold strings")))
-            .collect()
-    };
+    let (text, list) = (|key: &str| field_text(&message, key), |key: &str| field_list(&message, key));
     let target = Target { namespace: text("ns")?, rooms: list("rooms")?, except: list("except")? };
     let args = stored::decode(&text("args")?).map_err(|e| e.to_string())?;
     Ok((nid, entry, Command::Emit { target, event: text("event")?, args }))

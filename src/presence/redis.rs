@@ -30,7 +30,7 @@ use redis::Script;
 
 use super::{Backend, Change, Changed, Member, Scope, UserPresence};
 use crate::cluster::channels::node_channel;
-use crate::cluster::gated::Gated;
+use crate::cluster::gated::{due_members, Gated};
 use crate::notification::now_ms;
 
 const INSTANCES: &str = "herald:instances";
@@ -268,16 +268,7 @@ impl Backend for RedisPresence {
     fn due(&self, now: u64) -> BoxFuture<'_, Result<Vec<(Scope, String)>, String>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let ending: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(LEAVING)
-                .arg("-inf")
-                .arg(now)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(500)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
+            let ending = due_members(&mut conn, LEAVING, now, 500).await?;
             let mut gone = Vec::new();
             for entry in ending {
                 let Some((scope, user)) = parse_member(&entry) else {

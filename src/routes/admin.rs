@@ -67,9 +67,19 @@ fn is_admin(state: &AppState, credential: &str) -> bool {
 }
 
 async fn require_admin(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let response = check_admin(&state, request, next).await;
+    if response.status() == StatusCode::BAD_REQUEST {
+        // Bad input is counted and logged, as on the HTTP API.
+        state.metrics.inc("herald_api_refusals_total", &[("reason", "bad_request")]);
+        tracing::debug!("dashboard request refused: bad request");
+    }
+    response
+}
+
+async fn check_admin(state: &Arc<AppState>, request: Request, next: Next) -> Response {
     let credential =
         request.headers().get(header::AUTHORIZATION).and_then(|h| h.to_str().ok()).and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
-    if credential.is_some_and(|c| is_admin(&state, c)) {
+    if credential.is_some_and(|c| is_admin(state, c)) {
         return next.run(request).await;
     }
     state.metrics.inc("herald_api_refusals_total", &[("reason", "admin_unauthorized")]);

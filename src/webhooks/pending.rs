@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use crate::cluster::gated::Gated;
+use crate::cluster::gated::{due_members, Gated};
 
 pub trait Pending: Send + Sync + 'static {
     /// Adds a missed notification to `user`'s batch (sent at `due` if it is the batch's first).
@@ -148,16 +148,7 @@ impl Pending for RedisPending {
     fn take_missed(&self, now: u64) -> BoxFuture<'_, Result<Vec<(String, Vec<String>)>, String>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let users: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(DUE)
-                .arg("-inf")
-                .arg(now)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(200)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
+            let users = due_members(&mut conn, DUE, now, 200).await?;
             let mut batches = Vec::new();
             for user in users {
                 let entries: Vec<String> =
@@ -180,16 +171,7 @@ impl Pending for RedisPending {
     fn take_unread(&self, now: u64) -> BoxFuture<'_, Result<Vec<String>, String>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let entries: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(UNREAD)
-                .arg("-inf")
-                .arg(now)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(500)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
+            let entries = due_members(&mut conn, UNREAD, now, 500).await?;
             let mut mine = Vec::new();
             for entry in entries {
                 // Whoever removes an entry checks it.
