@@ -149,6 +149,13 @@ async fn on_a_redis_cluster_delivery_and_storage_work_and_survive_a_master_failo
     let mut on_b = client(&b, "70", None).await;
     let (_, before) = a.post("/api/v1/notify", json!({ "to": { "user": 70 }, "type": "t", "message": "before" })).await;
     assert_eq!(on_b.next_notification().await.expect("delivered across instances")["id"], before["id"]);
+    // A command that is not stored goes through the adapter, on sharded pub/sub (SSUBSCRIBE):
+    // its channels are spread over the shards, not copied to every node.
+    let (status, _) = a.post("/api/v1/emit", json!({ "event": "ping", "args": [{ "n": 1 }], "rooms": ["user_70"] })).await;
+    assert_eq!(status, 202);
+    assert_eq!(on_b.next_event("ping").await.expect("a non-stored emit across instances")[0]["n"], 1);
+    let sharded: Vec<String> = ports.iter().flat_map(|p| cli(*p, &["PUBSUB", "SHARDCHANNELS", "herald-*"]).lines().map(String::from).collect::<Vec<_>>()).collect();
+    assert!(sharded.iter().any(|c| c.starts_with("herald-request#")), "the adapter subscribes with SSUBSCRIBE: {sharded:?}");
     cli(other, &["PUBLISH", "notify:user:70", r#"{"type":"t","message":"from a backend"}"#]);
     let published = on_b.next_notification().await.expect("a backend's PUBLISH on another node arrives");
     assert_eq!(published["message"], "from a backend");
@@ -199,11 +206,14 @@ async fn on_a_redis_cluster_delivery_and_storage_work_and_survive_a_master_failo
         "cluster: stored through the promoted master {seconds:.1} s after kill -9 of Herald's master; {sent} sent, {refused} refused with 503, {} accepted and delivered, 0 lost",
         got.len()
     );
-    assert_eq!(got, accepted, "nothing lost, nothing twice, in order");
+    assert_eq!(got, accepted, "nothing lost, nothing twice, in order (got {} of {sent})", got.len());
     // Cross-instance delivery of a backend's publish works again, and what was stored before is there.
     let survivor = *ports.iter().find(|p| **p != master && **p != promoted).unwrap();
     cli(survivor, &["PUBLISH", "notify:user:70", r#"{"type":"t","message":"after"}"#]);
     assert_eq!(on_b.next_notification().await.expect("a backend's publish after the failover")["message"], "after");
+    let (status, _) = c.post("/api/v1/emit", json!({ "event": "ping", "args": [{ "n": 2 }], "rooms": ["user_70"] })).await;
+    assert_eq!(status, 202);
+    assert_eq!(on_b.next_event("ping").await.expect("a non-stored emit after the failover")[0]["n"], 2);
     let mut device = client(&c, "70", before["id"].as_str()).await;
     let replayed = device.next_notification().await.expect("replayed from the promoted master");
     assert_eq!(replayed["message"], "from a backend");

@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
 
 use super::endpoint::Endpoint;
+use super::sharded::Sharded;
 use super::redis_state::{Reachability, RedisState};
 
 /// Upper bound for a publish (or `PUBSUB NUMSUB`) while Redis is believed to be up. Past it the
@@ -106,6 +107,8 @@ struct Shared {
     registry: Mutex<Registry>,
     /// Asks the background task to bring the Redis subscriptions in line with the registry.
     resync_requests: mpsc::UnboundedSender<ResyncRequest>,
+    /// Against a Redis Cluster: the adapter's channels, on sharded pub/sub.
+    sharded: Option<Arc<Sharded>>,
 }
 
 struct ResyncRequest {
@@ -127,14 +130,32 @@ impl ResilientDriver {
     pub fn with_endpoint(endpoint: Arc<Endpoint>) -> Result<Self, DriverError> {
         let (resync_requests, resync_receiver) = mpsc::unbounded_channel();
         let placeholder = endpoint_placeholder(&endpoint)?;
+        let (sharded, sharded_messages) = match endpoint.cluster_builder() {
+            Some(builder) => {
+                let (sharded, messages) = Sharded::new(builder?)?;
+                (Some(sharded), Some(messages))
+            }
+            None => (None, None),
+        };
+        let registry = Registry { shard_adapter: sharded.is_some(), ..Registry::default() };
         let shared = Arc::new(Shared {
             redis_addr: endpoint.describe(),
             publisher: std::sync::RwLock::new(placeholder),
             endpoint,
             reachability: Reachability::new(),
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(registry),
             resync_requests,
+            sharded,
         });
+        if let Some(mut messages) = sharded_messages {
+            let shared = Arc::downgrade(&shared);
+            tokio::spawn(async move {
+                while let Some((channel, payload)) = messages.recv().await {
+                    let Some(shared) = shared.upgrade() else { return };
+                    shared.registry().dispatch_parts(&channel, None, &payload);
+                }
+            });
+        }
         let (stop, stop_receiver) = watch::channel(false);
         tokio::spawn(maintain_subscriptions(shared.clone(), resync_receiver, stop_receiver));
         Ok(Self { shared, lifetime: Arc::new(Lifetime { stop }) })
@@ -217,6 +238,13 @@ impl ResilientDriver {
         }
     }
 
+    /// `PUBLISH` on the plain connection: Herald's own channels (never sharded), e.g. the
+    /// plain WebSocket relay's.
+    pub async fn publish_plain(&self, chan: String, val: Vec<u8>) -> Result<(), DriverError> {
+        let mut publisher = self.publisher()?;
+        bounded(PUBLISH_TIMEOUT, publisher.publish::<_, _, ()>(chan, val)).await
+    }
+
     /// The publishing connection, or an immediate error while Redis is known to be down (the
     /// caller then delivers locally instead of waiting for a timeout).
     fn publisher(&self) -> Result<ConnectionManager, DriverError> {
@@ -230,24 +258,40 @@ impl ResilientDriver {
 impl Driver for ResilientDriver {
     type Error = DriverError;
 
+    /// The adapter's publish: sharded (`SPUBLISH`) against a Redis Cluster.
     async fn publish(&self, chan: String, val: Vec<u8>) -> Result<(), Self::Error> {
-        let mut publisher = self.publisher()?;
-        bounded(PUBLISH_TIMEOUT, publisher.publish::<_, _, ()>(chan, val)).await
+        match &self.shared.sharded {
+            Some(sharded) => {
+                self.publisher()?; // fails at once while Redis is down
+                bounded(PUBLISH_TIMEOUT, sharded.publish(chan, val)).await
+            }
+            None => self.publish_plain(chan, val).await,
+        }
     }
 
     async fn subscribe(&self, chan: String, size: usize) -> Result<MessageStream<ChanItem>, Self::Error> {
-        let items = self.shared.registry().add_adapter_channel(chan, size)?;
-        self.apply_subscription_changes().await;
+        let items = self.shared.registry().add_adapter_channel(chan.clone(), size)?;
+        match &self.shared.sharded {
+            Some(sharded) => sharded.subscribe(&chan).await,
+            None => self.apply_subscription_changes().await,
+        }
         Ok(MessageStream::new(items))
     }
 
     async fn unsubscribe(&self, chan: String) -> Result<(), Self::Error> {
         self.shared.registry().remove_adapter_channel(&chan);
-        self.apply_subscription_changes().await;
+        match &self.shared.sharded {
+            Some(sharded) => sharded.unsubscribe(&chan).await,
+            None => self.apply_subscription_changes().await,
+        }
         Ok(())
     }
 
     async fn num_serv(&self, chan: &str) -> Result<u16, Self::Error> {
+        if let Some(sharded) = &self.shared.sharded {
+            self.publisher()?;
+            return bounded(PUBLISH_TIMEOUT, sharded.subscribers(chan)).await;
+        }
         let mut publisher = self.publisher()?;
         let numsub = redis::cmd("PUBSUB").arg("NUMSUB").arg(chan).clone();
         let (_, count): (String, u16) = bounded(PUBLISH_TIMEOUT, numsub.query_async(&mut publisher)).await?;
@@ -301,6 +345,8 @@ struct Registry {
     /// The subscriber created by [`Driver::subscribe`] for each adapter channel, so that
     /// [`Driver::unsubscribe`] removes exactly that one.
     adapter_channels: HashMap<String, SubscriberId>,
+    /// The adapter's channels are on sharded pub/sub ([`Sharded`]), not on the plain connection.
+    shard_adapter: bool,
     stopped: bool,
     drops: Drops,
 }
@@ -387,7 +433,12 @@ impl Registry {
         self.subscribers.retain(|_, subscriber| !subscriber.items.is_closed());
         self.adapter_channels.retain(|_, id| self.subscribers.contains_key(id));
         let mut wanted = Wanted::default();
-        for subscriber in self.subscribers.values() {
+        let sharded: std::collections::HashSet<SubscriberId> =
+            if self.shard_adapter { self.adapter_channels.values().copied().collect() } else { Default::default() };
+        for (id, subscriber) in &self.subscribers {
+            if sharded.contains(id) {
+                continue;
+            }
             wanted.channels.extend(subscriber.channels.iter().cloned());
             wanted.patterns.extend(subscriber.patterns.iter().cloned());
         }
@@ -395,12 +446,14 @@ impl Registry {
     }
 
     fn dispatch(&mut self, message: &Msg) {
-        let channel = message.get_channel_name();
         let pattern: Option<String> = message.get_pattern().ok().flatten();
-        let payload = message.get_payload_bytes();
+        self.dispatch_parts(message.get_channel_name(), pattern.as_deref(), message.get_payload_bytes());
+    }
+
+    fn dispatch_parts(&mut self, channel: &str, pattern: Option<&str>, payload: &[u8]) {
         for subscriber in self.subscribers.values_mut() {
-            let interested = match &pattern {
-                Some(pattern) => subscriber.patterns.contains(pattern),
+            let interested = match pattern {
+                Some(pattern) => subscriber.patterns.iter().any(|wanted| wanted == pattern),
                 None => subscriber.channels.iter().any(|wanted| wanted == channel),
             };
             if !interested {
@@ -438,6 +491,10 @@ async fn maintain_subscriptions(
             Ok(mut session) => {
                 backoff = RECONNECT_BACKOFF_MIN;
                 shared.reachability.mark_up(&shared.redis_addr, opening_at_ms);
+                if let Some(sharded) = &shared.sharded {
+                    let sharded = sharded.clone();
+                    tokio::spawn(async move { sharded.ensure().await });
+                }
                 match session.serve(&shared, &mut resync_requests, &mut stop).await {
                     SessionEnd::Stopped => break 'reconnect,
                     SessionEnd::Lost(cause) => cause,

@@ -159,6 +159,28 @@ impl Endpoint {
         }
     }
 
+    /// For a Redis Cluster, a redis-rs cluster client builder over the seeds (the sharded
+    /// pub/sub of [`super::sharded`]); `None` otherwise.
+    pub fn cluster_builder(&self) -> Option<redis::RedisResult<redis::cluster::ClusterClientBuilder>> {
+        let Kind::Cluster { seeds, redis: redis_info, tls } = &self.kind else { return None };
+        let build = || {
+            let mut nodes = Vec::new();
+            for (host, port) in seeds {
+                let mut addr = self.address(host.clone(), *port, *tls);
+                if let ConnectionAddr::TcpTls { insecure, .. } = &mut addr {
+                    *insecure = !self.verify;
+                }
+                nodes.push(addr.into_connection_info()?.set_redis_settings(redis_info.clone()));
+            }
+            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes);
+            if let (Some(ca), true) = (&self.ca, *tls && self.verify) {
+                builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(ca.clone()) });
+            }
+            Ok(builder)
+        };
+        Some(build())
+    }
+
     fn address(&self, host: String, port: u16, tls: bool) -> ConnectionAddr {
         if tls {
             ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None }

@@ -40,6 +40,7 @@ pub mod gated;
 pub mod keys;
 pub mod redis_state;
 pub mod relay;
+pub mod sharded;
 
 use socketioxide_redis::{CustomRedisAdapter, RedisAdapterConfig, RedisAdapterCtr};
 

@@ -64,7 +64,7 @@ impl crate::plain::Peers for PlainRelay {
     fn publish<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let message = encode_plain(&self.instance, command);
-            socketioxide_redis::drivers::Driver::publish(&self.driver, plain_channel(), message.into_bytes())
+            self.driver.publish_plain(plain_channel(), message.into_bytes())
                 .await
                 .map_err(|e| e.to_string())
         })
