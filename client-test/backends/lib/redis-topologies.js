@@ -39,6 +39,11 @@ export class TlsRedis {
 
   static async start() {
     const t = new TlsRedis();
+    try { return await t.init(); } catch (e) { await t.stop(); throw e; }
+  }
+
+  async init() {
+    const t = this;
     t.port = await freePort();
     t.dir = freshDir(`redis-tls-${t.port}`);
     const ssl = (...args) => run('openssl', args, { cwd: t.dir, timeout: 30000 });
@@ -69,7 +74,7 @@ export class TlsRedis {
 
   processes() { return [this.proc]; }
 
-  async stop() { await stopProcess(this.proc, 'SIGKILL'); }
+  async stop() { if (this.proc) await stopProcess(this.proc, 'SIGKILL'); }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -79,9 +84,14 @@ export class SentinelRedis {
 
   static async start() {
     const s = new SentinelRedis();
+    s.procs = new Map(); // port -> process (data nodes and sentinels)
+    try { return await s.init(); } catch (e) { await s.stop(); throw e; }
+  }
+
+  async init() {
+    const s = this;
     s.ports = { master: await freePort(), replica: await freePort() };
     s.dir = freshDir(`redis-sentinel-${s.ports.master}`);
-    s.procs = new Map(); // port -> process (data nodes and sentinels)
     const base = (p) => ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', s.dir,
       '--dbfilename', `dump-${p}.rdb`];
     s.procs.set(s.ports.master, redisServer(`redis-master-${s.ports.master}`, base(s.ports.master)));
@@ -148,14 +158,19 @@ export class SentinelRedis {
 export class ClusterRedis {
   static async start({ nodeTimeoutMs = 1000 } = {}) {
     const c = new ClusterRedis();
+    c.procs = new Map();
+    try { return await c.init(nodeTimeoutMs); } catch (e) { await c.stop(); throw e; }
+  }
+
+  async init(nodeTimeoutMs) {
+    const c = this;
     c.ports = [];
     for (let i = 0; i < 6; i++) c.ports.push(await freePort());
-    c.procs = new Map();
     for (const p of c.ports) {
       const dir = freshDir(`redis-cluster-${p}`);
       c.procs.set(p, redisServer(`redis-cluster-${p}`, ['--port', String(p), '--bind', '127.0.0.1', '--dir', dir,
         '--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', String(nodeTimeoutMs),
-        '--save', '', '--appendonly', 'no']));
+        '--save', '', '--appendonly', 'no', '--repl-diskless-sync-delay', '0']));
     }
     await Promise.all(c.ports.map((p) => waitPing(c.procs.get(p), ['-p', String(p)], `cluster node ${p}`)));
     await run('redis-cli', ['--cluster', 'create', ...c.ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes'],
@@ -168,6 +183,12 @@ export class ClusterRedis {
       const nodes = await c.nodes();
       return nodes.filter((n) => n.master).length === 3 && nodes.filter((n) => !n.master && n.masterId).length === 3;
     }, { what: 'the cluster to agree (state ok, 6 nodes, 3 replicas)', timeout: 30000 });
+    // a replica that never finished its first sync does not take over from a dead master
+    const replicas = (await c.nodes()).filter((n) => !n.master).map((n) => n.port);
+    await waitUntil(async () => {
+      for (const p of replicas) if (!(await cli(p, 'INFO', 'replication')).includes('master_link_status:up')) return false;
+      return true;
+    }, { what: 'every replica in sync with its master', timeout: 20000 });
     c.masters = (await c.nodes()).filter((n) => n.master).map((n) => n.port).sort((a, b) => a - b);
     return c;
   }
@@ -227,6 +248,22 @@ export function spawnUnready(opts) {
   const h = new Herald(opts);
   h.starting = h.start().catch(() => {}); // spawns at once; its readiness wait is not awaited
   return h;
+}
+
+/**
+ * Whether this Herald binary takes `url` as its redis.url: started against a port nobody
+ * listens on, it either serves /health (accepted: waiting for Redis) or exits (a URL it does not
+ * parse). {ok, reason}.
+ */
+export async function heraldAcceptsUrl(url) {
+  const h = spawnUnready({ name: 'probe', port: await freePort(), redisUrl: url });
+  try {
+    const r = await waitUntil(async () => {
+      if (hasExited(h.proc)) return { ok: false, reason: h.logTail(100000).split('\n').find((l) => /^Error/.test(l)) ?? 'exited' };
+      return (await fetch(`${h.url}/health`)).status ? { ok: true } : null;
+    }, { what: `herald to start with ${url}`, timeout: 10000 });
+    return r;
+  } finally { await h.kill9(); }
 }
 
 /** GET /ready: {status, body}. */
