@@ -71,6 +71,9 @@ impl Application {
         let redis = (!settings.redis.url.is_empty())
             .then(|| {
                 let endpoint = crate::cluster::endpoint::Endpoint::from_settings(&settings.redis).map_err(anyhow::Error::msg)?;
+                if endpoint.is_cluster() {
+                    crate::cluster::keys::use_cluster_form();
+                }
                 ResilientDriver::with_endpoint(Arc::new(endpoint)).map_err(anyhow::Error::from)
             })
             .transpose()

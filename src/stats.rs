@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::gated::Gated;
+use crate::cluster::keys::redis_key;
 use crate::notification::now_ms;
 use crate::state::AppState;
 
@@ -91,7 +92,7 @@ pub fn snapshot(state: &AppState) -> Snapshot {
 }
 
 fn key(instance: &str) -> String {
-    format!("herald:stats:{instance}")
+    redis_key!("stats:{instance}")
 }
 
 /// Every live instance, this one first (only this one in the embedded default).
@@ -103,7 +104,7 @@ pub async fn cluster(state: &AppState, redis: Option<&Gated>) -> Vec<Snapshot> {
         None => None,
     };
     if let Some(mut conn) = conn {
-        let instances: Vec<String> = redis::cmd("HKEYS").arg("herald:instances").query_async(&mut conn).await.unwrap_or_default();
+        let instances: Vec<String> = redis::cmd("HKEYS").arg(redis_key!("instances")).query_async(&mut conn).await.unwrap_or_default();
         let others: Vec<String> = instances.into_iter().filter(|i| *i != mine.instance).map(|i| key(&i)).collect();
         if !others.is_empty() {
             let found: Vec<Option<String>> = redis::cmd("MGET").arg(&others).query_async(&mut conn).await.unwrap_or_default();

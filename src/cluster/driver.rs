@@ -474,7 +474,7 @@ fn endpoint_placeholder(endpoint: &Endpoint) -> Result<(String, ConnectionManage
         Some(client) => client?,
         None => redis::Client::open("redis://127.0.0.1:1/")?,
     };
-    let addr = if endpoint.is_sentinel() { String::new() } else { client.get_connection_info().addr().to_string() };
+    let addr = if endpoint.rediscovers() { String::new() } else { client.get_connection_info().addr().to_string() };
     Ok((addr, ConnectionManager::new_lazy_with_config(client, publisher_config())?))
 }
 

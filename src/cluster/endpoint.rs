@@ -8,6 +8,14 @@
 //!   of `<master name>` is, each time a connection is made, so that after a failover every
 //!   reconnection goes to the promoted replica. `rediss+sentinel://` reaches the master over TLS
 //!   (the sentinels are asked without TLS and without password).
+//! - `redis+cluster://[user:password@]host1:port1,host2:port2`: a Redis Cluster (Redis ≥ 7), by
+//!   seed nodes; `rediss+cluster://` for TLS. Every key Herald writes carries the hash tag
+//!   `{herald}` ([`super::keys`]), so all of them live in one slot; each time a connection is
+//!   made, the seeds are asked in turn (`CLUSTER SLOTS`) which master serves that slot now, and
+//!   Herald's commands and subscriptions go there. After a failover (that master dies, the
+//!   cluster promotes its replica) the next connection goes to the promoted one. Backends keep
+//!   publishing with plain `PUBLISH` on any node: a cluster forwards it to every node, so the
+//!   subscription on Herald's master sees it.
 //!
 //! Every Redis connection Herald makes comes from here: the adapter and relay's pub/sub
 //! connection and its publisher (`driver.rs`), the store, and the bookkeeping (`gated.rs`).
@@ -28,6 +36,7 @@ pub struct Endpoint {
 enum Kind {
     Direct(ConnectionInfo),
     Sentinel { sentinels: Vec<(String, u16)>, master: String, redis: RedisConnectionInfo, tls: bool },
+    Cluster { seeds: Vec<(String, u16)>, redis: RedisConnectionInfo, tls: bool },
 }
 
 impl Endpoint {
@@ -41,6 +50,10 @@ impl Endpoint {
             sentinel(rest, false)?
         } else if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
             sentinel(rest, true)?
+        } else if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            cluster(rest, false)?
+        } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+            cluster(rest, true)?
         } else {
             let info = url.into_connection_info().map_err(|e| format!("redis.url: {e}"))?;
             Kind::Direct(info)
@@ -62,12 +75,19 @@ impl Endpoint {
     pub fn direct_client(&self) -> Option<redis::RedisResult<redis::Client>> {
         match &self.kind {
             Kind::Direct(info) => Some(self.client_for(info.clone())),
-            Kind::Sentinel { .. } => None,
+            Kind::Sentinel { .. } | Kind::Cluster { .. } => None,
         }
     }
 
-    pub fn is_sentinel(&self) -> bool {
-        matches!(self.kind, Kind::Sentinel { .. })
+    /// Whether where Redis is can change while Herald runs (Sentinel, Cluster): then every
+    /// new connection asks again, and connections are made again after an outage.
+    pub fn rediscovers(&self) -> bool {
+        !matches!(self.kind, Kind::Direct(_))
+    }
+
+    /// A Redis Cluster: Herald's keys take the hash-tagged form (see [`super::keys`]).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.kind, Kind::Cluster { .. })
     }
 
     /// Where it is, for logs and `/health`: addresses only, never a password.
@@ -77,6 +97,10 @@ impl Endpoint {
             Kind::Sentinel { sentinels, master, .. } => {
                 let list: Vec<String> = sentinels.iter().map(|(h, p)| format!("{h}:{p}")).collect();
                 format!("sentinel {} master {master}", list.join(","))
+            }
+            Kind::Cluster { seeds, .. } => {
+                let list: Vec<String> = seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                format!("cluster {}", list.join(","))
             }
         }
     }
@@ -117,8 +141,54 @@ impl Endpoint {
                 }
                 Err(last.unwrap_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no sentinel configured"))))
             }
+            Kind::Cluster { seeds, redis: redis_info, tls } => {
+                let mut last = None;
+                for (host, port) in seeds {
+                    let seed = self.address(host.clone(), *port, *tls).into_connection_info()?.set_redis_settings(redis_info.clone());
+                    match ask_cluster(self.client_for(seed)?).await {
+                        Ok((master_host, master_port)) => {
+                            let master_host = if master_host.is_empty() { host.clone() } else { master_host };
+                            let info = self.address(master_host, master_port, *tls).into_connection_info()?.set_redis_settings(redis_info.clone());
+                            return self.client_for(info);
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| redis::RedisError::from((redis::ErrorKind::Io, "no cluster node configured"))))
+            }
         }
     }
+
+    fn address(&self, host: String, port: u16, tls: bool) -> ConnectionAddr {
+        if tls {
+            ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None }
+        } else {
+            ConnectionAddr::Tcp(host, port)
+        }
+    }
+}
+
+/// Asks one cluster node which master serves the slot of Herald's keys now (`CLUSTER KEYSLOT`,
+/// `CLUSTER SLOTS`), with a short timeout. An empty host means the node asked.
+async fn ask_cluster(client: redis::Client) -> redis::RedisResult<(String, u16)> {
+    let timeout = std::time::Duration::from_millis(500);
+    let config = redis::AsyncConnectionConfig::new().set_connection_timeout(Some(timeout)).set_response_timeout(Some(timeout));
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let tag = super::keys::redis_key!("").trim_end_matches(':').to_string();
+    let (slot, ranges): (i64, Vec<redis::Value>) =
+        redis::pipe().cmd("CLUSTER").arg("KEYSLOT").arg(&tag).cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await?;
+    for range in ranges {
+        let redis::Value::Array(parts) = range else { continue };
+        let (Some(start), Some(end), Some(master)) = (parts.first(), parts.get(1), parts.get(2)) else { continue };
+        let (start, end): (i64, i64) = (redis::from_redis_value(start.clone())?, redis::from_redis_value(end.clone())?);
+        if (start..=end).contains(&slot) {
+            let redis::Value::Array(master) = master else { break };
+            if let (Some(host), Some(port)) = (master.first(), master.get(1)) {
+                return Ok((redis::from_redis_value(host.clone())?, redis::from_redis_value(port.clone())?));
+            }
+        }
+    }
+    Err(redis::RedisError::from((redis::ErrorKind::Io, "no master serves Herald's slot (the cluster is failing over or incomplete)")))
 }
 
 /// `SENTINEL get-master-addr-by-name <master>` on one sentinel, with a short timeout.
@@ -145,29 +215,53 @@ fn sentinel(rest: &str, tls: bool) -> Result<Kind, String> {
         None => 0,
         Some(db) => db.parse().map_err(|_| format!("{FORM}: {db:?} is not a database number"))?,
     };
-    let mut sentinels = Vec::new();
+    let sentinels = host_list(hosts, FORM)?;
+    let redis = credentials_info(credentials, db);
+    Ok(Kind::Sentinel { sentinels, master, redis, tls })
+}
+
+/// `[user:password@]h1:p1,h2:p2[/]` (after the scheme).
+fn cluster(rest: &str, tls: bool) -> Result<Kind, String> {
+    const FORM: &str = "redis.url: expected redis+cluster://[user:password@]host:port[,host:port...]";
+    let (credentials, hosts) = match rest.rsplit_once('@') {
+        Some((credentials, rest)) => (Some(credentials), rest),
+        None => (None, rest),
+    };
+    let hosts = hosts.trim_end_matches('/');
+    if hosts.contains('/') {
+        return Err(format!("{FORM}: a cluster has no database number"));
+    }
+    let seeds = host_list(hosts, FORM)?;
+    Ok(Kind::Cluster { seeds, redis: credentials_info(credentials, 0), tls })
+}
+
+fn host_list(hosts: &str, form: &str) -> Result<Vec<(String, u16)>, String> {
+    let mut list = Vec::new();
     for host in hosts.split(',').filter(|h| !h.is_empty()) {
-        let (name, port) = host.rsplit_once(':').ok_or_else(|| format!("{FORM}: {host:?} has no port"))?;
-        let port: u16 = port.parse().map_err(|_| format!("{FORM}: {host:?} has a bad port"))?;
-        sentinels.push((name.trim_start_matches('[').trim_end_matches(']').to_string(), port));
+        let (name, port) = host.rsplit_once(':').ok_or_else(|| format!("{form}: {host:?} has no port"))?;
+        let port: u16 = port.parse().map_err(|_| format!("{form}: {host:?} has a bad port"))?;
+        list.push((name.trim_start_matches('[').trim_end_matches(']').to_string(), port));
     }
-    if sentinels.is_empty() {
-        return Err(FORM.into());
+    if list.is_empty() {
+        return Err(form.into());
     }
+    Ok(list)
+}
+
+fn credentials_info(credentials: Option<&str>, db: i64) -> RedisConnectionInfo {
     let mut redis = RedisConnectionInfo::default().set_db(db);
     if let Some(credentials) = credentials {
-        let decode = |s: &str| percent_decode(s);
         match credentials.split_once(':') {
             Some((user, password)) => {
                 if !user.is_empty() {
-                    redis = redis.set_username(decode(user));
+                    redis = redis.set_username(percent_decode(user));
                 }
-                redis = redis.set_password(decode(password));
+                redis = redis.set_password(percent_decode(password));
             }
-            None => redis = redis.set_username(decode(credentials)),
+            None => redis = redis.set_username(percent_decode(credentials)),
         }
     }
-    Ok(Kind::Sentinel { sentinels, master, redis, tls })
+    redis
 }
 
 fn percent_decode(s: &str) -> String {
@@ -213,6 +307,20 @@ mod tests {
         for url in ["redis+sentinel://127.0.0.1:26379", "redis+sentinel:///m", "redis+sentinel://host/m", "redis+sentinel://h:1/m/x", "nope://x"] {
             let error = Endpoint::from_settings(&settings(url)).unwrap_err();
             assert!(error.starts_with("redis.url"), "{url}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_url_names_the_seeds_and_the_credentials() {
+        let endpoint = Endpoint::from_settings(&settings("redis+cluster://:secret@127.0.0.1:7000,127.0.0.1:7001/")).unwrap();
+        let Kind::Cluster { seeds, redis, tls } = &endpoint.kind else { panic!("{endpoint:?}") };
+        assert_eq!(seeds, &vec![("127.0.0.1".to_string(), 7000), ("127.0.0.1".to_string(), 7001)]);
+        assert_eq!((redis.username(), redis.password()), (None, Some("secret")));
+        assert!(!tls && endpoint.is_cluster() && endpoint.rediscovers());
+        assert_eq!(endpoint.describe(), "cluster 127.0.0.1:7000,127.0.0.1:7001");
+        for url in ["redis+cluster://", "redis+cluster://h:1/0", "redis+cluster://h"] {
+            let error = Endpoint::from_settings(&settings(url)).unwrap_err();
+            assert!(error.starts_with("redis.url: expected redis+cluster://"), "{url}: {error}");
         }
     }
 

@@ -50,7 +50,7 @@ impl Gated {
             return Err("redis is down".into());
         }
         let mut current = self.current.lock().await;
-        if self.endpoint.is_sentinel() && current.seen.has_changed().unwrap_or(false) {
+        if self.endpoint.rediscovers() && current.seen.has_changed().unwrap_or(false) {
             current.seen.borrow_and_update();
             current.connection = None; // the master may have moved
         }

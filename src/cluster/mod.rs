@@ -37,6 +37,7 @@ pub mod channels;
 pub mod driver;
 pub mod endpoint;
 pub mod gated;
+pub mod keys;
 pub mod redis_state;
 pub mod relay;
 

@@ -1,6 +1,6 @@
 //! Stored notifications between instances.
 //!
-//! A stored emit that enters on one instance (the HTTP API) is published on [`RELAY_CHANNEL`]
+//! A stored emit that enters on one instance (the HTTP API) is published on [`relay_channel`](super::channels::relay_channel)
 //! by the store, in the same atomic step as the append (see `store::redis`), as
 //! `<nid>\n<message>`; every instance, the sender included, applies it to its own sockets
 //! through [`Delivery::apply_stored_locally`]. Going through each instance's delivery path
@@ -10,7 +10,7 @@
 //!
 //! Commands that entered here and are not stored (an HTTP emit of another event, a disconnect)
 //! reach the other instances' Socket.IO sockets through the adapter, and their plain WebSocket
-//! sockets through [`PLAIN_CHANNEL`] ([`PlainRelay`]), applied there to the plain sockets only.
+//! sockets through [`plain_channel`](super::channels::plain_channel) ([`PlainRelay`]), applied there to the plain sockets only.
 //!
 //! The same subscription holds this instance's own channel (`herald:node:<node_id>`): Redis
 //! drops it the moment the process dies, which is how the others tell a dead instance at once.
@@ -27,8 +27,8 @@ use crate::delivery::{Command, Delivery, Fanout, Target};
 use crate::payload::stored;
 use crate::store::StreamId;
 
-use super::channels::node_channel;
-pub use super::channels::{PLAIN_CHANNEL, RELAY_CHANNEL};
+use super::channels::{node_channel, relay_log_key};
+pub use super::channels::{plain_channel, relay_channel};
 use crate::plain::Registry;
 
 /// Encodes stored emits for every instance.
@@ -64,7 +64,7 @@ impl crate::plain::Peers for PlainRelay {
     fn publish<'a>(&'a self, command: &'a Command) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let message = encode_plain(&self.instance, command);
-            socketioxide_redis::drivers::Driver::publish(&self.driver, PLAIN_CHANNEL.to_string(), message.into_bytes())
+            socketioxide_redis::drivers::Driver::publish(&self.driver, plain_channel(), message.into_bytes())
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -108,7 +108,7 @@ fn field_list(message: &serde_json::Value, key: &str) -> Result<Vec<String>, Str
         .collect()
 }
 
-/// `(sender instance, command)` from a [`PLAIN_CHANNEL`] message.
+/// `(sender instance, command)` from a [`plain_channel`](super::channels::plain_channel) message.
 fn decode_plain(payload: &[u8]) -> Result<(String, Command), String> {
     let message: serde_json::Value = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
     let (text, list) = (|key: &str| field_text(&message, key), |key: &str| field_list(&message, key));
@@ -126,7 +126,8 @@ fn decode_plain(payload: &[u8]) -> Result<(String, Command), String> {
 /// Applies relayed stored emits to this instance's sockets, and other instances' commands to
 /// its plain sockets, until the subscription ends.
 pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registry>, node_id: String) {
-    let channels = vec![RELAY_CHANNEL.to_string(), PLAIN_CHANNEL.to_string(), node_channel(&node_id)];
+    let (relay_name, plain_name) = (relay_channel(), plain_channel());
+    let channels = vec![relay_name.clone(), plain_name.clone(), node_channel(&node_id)];
     let mut subscription = match driver.subscribe_stream(channels, vec![]).await {
         Ok(subscription) => subscription,
         Err(e) => {
@@ -154,7 +155,7 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registr
                 continue;
             }
         };
-        if channel == PLAIN_CHANNEL {
+        if channel == plain_name {
             match decode_plain(&payload) {
                 Ok((from, _)) if from == node_id => {}
                 Ok((_, command)) => {
@@ -170,7 +171,7 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registr
             }
             continue;
         }
-        if channel != RELAY_CHANNEL {
+        if channel != relay_name {
             continue;
         }
         match decode(&payload) {
@@ -203,7 +204,7 @@ async fn catch_up(driver: &ResilientDriver, delivery: &Delivery, applied: &mut O
     let mut caught = 0u64;
     loop {
         let entries: Vec<(String, Vec<(String, String)>)> =
-            match driver.query(redis::cmd("XRANGE").arg("herald:relaylog").arg(format!("({after}")).arg("+").arg("COUNT").arg(CATCH_UP_BATCH)).await {
+            match driver.query(redis::cmd("XRANGE").arg(relay_log_key()).arg(format!("({after}")).arg("+").arg("COUNT").arg(CATCH_UP_BATCH)).await {
                 Ok(entries) => entries,
                 Err(e) => {
                     tracing::warn!(error = %e, "relay catch-up failed: stored notifications of the gap reach sockets by replay only");

@@ -31,10 +31,15 @@ use redis::Script;
 use super::{Backend, Change, Changed, Member, Scope, UserPresence};
 use crate::cluster::channels::node_channel;
 use crate::cluster::gated::{due_members, Gated};
+use crate::cluster::keys::redis_key;
 use crate::notification::now_ms;
 
-const INSTANCES: &str = "herald:instances";
-const LEAVING: &str = "herald:pleaving";
+fn instances_key() -> String {
+    redis_key!("instances")
+}
+fn leaving_key() -> String {
+    redis_key!("pleaving")
+}
 /// A new instance may take this long to subscribe to its channel before it counts as dead.
 const STARTING_MS: u64 = 5000;
 
@@ -45,7 +50,7 @@ if delta > 0 and max > 0 then
   local f = redis.call('HGETALL', KEYS[1])
   local total = 0
   for i = 1, #f, 2 do
-    if f[i] == inst or redis.call('EXISTS', 'herald:node:' .. f[i]) == 1 then total = total + tonumber(f[i + 1]) end
+    if f[i] == inst or redis.call('EXISTS', ARGV[9] .. f[i]) == 1 then total = total + tonumber(f[i + 1]) end
   end
   if total + delta > max then return {1, 0} end
 end
@@ -133,12 +138,12 @@ fn parse_member(member: &str) -> Option<(Scope, String)> {
 fn keys(scope: &Scope, user: &str, instance: &str) -> [String; 6] {
     let s = scope.key();
     [
-        format!("herald:pc:{s}:{user}"),
-        format!("herald:ps:{s}:{user}"),
-        LEAVING.to_string(),
-        format!("herald:pi:{instance}"),
-        format!("herald:pd:{user}"),
-        format!("herald:pm:{s}"),
+        redis_key!("pc:{s}:{user}"),
+        redis_key!("ps:{s}:{user}"),
+        leaving_key(),
+        redis_key!("pi:{instance}"),
+        redis_key!("pd:{user}"),
+        redis_key!("pm:{s}"),
     ]
 }
 
@@ -173,14 +178,15 @@ impl RedisPresence {
             .arg(change.max)
             .arg(self.grace_ms)
             .arg(member(&change.scope, &change.user))
-            .arg(&change.user);
+            .arg(&change.user)
+            .arg(node_channel(""));
         let (refused, came_online): (i64, i64) = invocation.invoke_async(conn).await.map_err(|e| e.to_string())?;
         Ok(Changed { refused: refused == 1, came_online: came_online == 1 })
     }
 
     /// Removes `instance`'s part of every (scope, user) it holds.
     async fn remove_instance(&self, conn: &mut ConnectionManager, instance: &str) -> Result<usize, String> {
-        let held: Vec<String> = redis::cmd("SMEMBERS").arg(format!("herald:pi:{instance}")).query_async(conn).await.map_err(|e| e.to_string())?;
+        let held: Vec<String> = redis::cmd("SMEMBERS").arg(redis_key!("pi:{instance}")).query_async(conn).await.map_err(|e| e.to_string())?;
         let now = now_ms();
         for entry in &held {
             let Some((scope, user)) = parse_member(entry) else { continue };
@@ -191,7 +197,7 @@ impl RedisPresence {
             invocation.arg(instance).arg(now).arg(self.grace_ms).arg(entry);
             let _: i64 = invocation.invoke_async(conn).await.map_err(|e| e.to_string())?;
         }
-        let _: () = redis::cmd("DEL").arg(format!("herald:pi:{instance}")).query_async(conn).await.map_err(|e| e.to_string())?;
+        let _: () = redis::cmd("DEL").arg(redis_key!("pi:{instance}")).query_async(conn).await.map_err(|e| e.to_string())?;
         Ok(held.len())
     }
 
@@ -205,7 +211,7 @@ impl RedisPresence {
             .arg("EX")
             .arg(ttl)
             .cmd("HSETNX")
-            .arg(INSTANCES)
+            .arg(&instances_key())
             .arg(&self.instance)
             .arg(now_ms())
             .query_async(conn)
@@ -217,7 +223,7 @@ impl RedisPresence {
 
     /// Finds dead instances and removes their part (one instance claims each).
     async fn reap(&self, conn: &mut ConnectionManager) -> Result<(), String> {
-        let instances: HashMap<String, u64> = redis::cmd("HGETALL").arg(INSTANCES).query_async(conn).await.map_err(|e| e.to_string())?;
+        let instances: HashMap<String, u64> = redis::cmd("HGETALL").arg(&instances_key()).query_async(conn).await.map_err(|e| e.to_string())?;
         let others: Vec<(&String, &u64)> = instances.iter().filter(|(i, _)| **i != self.instance).collect();
         if others.is_empty() {
             return Ok(());
@@ -238,7 +244,7 @@ impl RedisPresence {
                 continue;
             }
             let claimed: Option<String> = redis::cmd("SET")
-                .arg(format!("herald:preap:{instance}"))
+                .arg(redis_key!("preap:{instance}"))
                 .arg(&self.instance)
                 .arg("NX")
                 .arg("EX")
@@ -249,7 +255,7 @@ impl RedisPresence {
             if claimed.is_none() {
                 continue;
             }
-            let _: i64 = redis::cmd("HDEL").arg(INSTANCES).arg(instance.as_str()).query_async(conn).await.map_err(|e| e.to_string())?;
+            let _: i64 = redis::cmd("HDEL").arg(&instances_key()).arg(instance.as_str()).query_async(conn).await.map_err(|e| e.to_string())?;
             let removed = self.remove_instance(conn, instance).await?;
             tracing::info!(instance = %instance, users = removed, "instance gone: its users go offline after the grace");
         }
@@ -268,11 +274,11 @@ impl Backend for RedisPresence {
     fn due(&self, now: u64) -> BoxFuture<'_, Result<Vec<(Scope, String)>, String>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let ending = due_members(&mut conn, LEAVING, now, 500).await?;
+            let ending = due_members(&mut conn, &leaving_key(), now, 500).await?;
             let mut gone = Vec::new();
             for entry in ending {
                 let Some((scope, user)) = parse_member(&entry) else {
-                    let _: i64 = redis::cmd("ZREM").arg(LEAVING).arg(&entry).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+                    let _: i64 = redis::cmd("ZREM").arg(&leaving_key()).arg(&entry).query_async(&mut conn).await.map_err(|e| e.to_string())?;
                     continue;
                 };
                 let [counts, state, leaving, _, _, members] = keys(&scope, &user, &self.instance);
@@ -324,9 +330,9 @@ impl Backend for RedisPresence {
                     .cmd("HGETALL")
                     .arg(counts)
                     .cmd("HGETALL")
-                    .arg(format!("herald:pd:{user}"))
+                    .arg(redis_key!("pd:{user}"))
                     .cmd("HGETALL")
-                    .arg(INSTANCES)
+                    .arg(&instances_key())
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -353,7 +359,7 @@ impl Backend for RedisPresence {
             let mut conn = self.conn().await?;
             let mut online = Vec::with_capacity(users.len());
             for chunk in users.chunks(1000) {
-                let keys: Vec<String> = chunk.iter().map(|u| format!("herald:ps:u:{u}")).collect();
+                let keys: Vec<String> = chunk.iter().map(|u| redis_key!("ps:u:{u}")).collect();
                 let states: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(|e| e.to_string())?;
                 online.extend(states.iter().map(Option::is_some));
             }
@@ -364,7 +370,7 @@ impl Backend for RedisPresence {
     fn room<'a>(&'a self, scope: &'a Scope, offset: usize, limit: usize) -> BoxFuture<'a, Result<(u64, Vec<Member>), String>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let key = format!("herald:pm:{}", scope.key());
+            let key = redis_key!("pm:{}", scope.key());
             if limit == 0 {
                 let count: u64 = redis::cmd("ZCARD").arg(&key).query_async(&mut conn).await.map_err(|e| e.to_string())?;
                 return Ok((count, vec![]));
@@ -387,7 +393,7 @@ impl Backend for RedisPresence {
     fn online_count(&self) -> BoxFuture<'_, Result<u64, String>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            redis::cmd("ZCARD").arg("herald:pm:u").query_async(&mut conn).await.map_err(|e| e.to_string())
+            redis::cmd("ZCARD").arg(redis_key!("pm:u")).query_async(&mut conn).await.map_err(|e| e.to_string())
         })
     }
 }

@@ -28,7 +28,8 @@ use crate::cluster::gated::Gated;
 use crate::cluster::redis_state::RedisState;
 
 use super::{Appended, Entry, NodeMark, NodeSession, ReadState, SessionWrite, Sessions, Store, StoreError, Stored, StreamId};
-use crate::cluster::channels::{node_channel, RELAY_CHANNEL};
+use crate::cluster::channels::{node_channel, relay_channel, relay_log_key};
+use crate::cluster::keys::redis_key;
 use crate::notification::now_ms;
 use crate::payload::stored;
 
@@ -40,7 +41,7 @@ const CLAIM_WINDOW: Duration = Duration::from_secs(3);
 /// Appends an emit to its streams, or, for pub/sub ingress (KEYS[1] names the message's dedup
 /// set), claims the copy another instance already stored. Answers `{nid, fresh}`.
 ///
-/// Ids come from one counter (`herald:last-id`, ARGV[14]) and Redis's clock: every emit gets an
+/// Ids come from one counter (`herald:last-id`, named by ARGV[14]) and Redis's clock: every emit gets an
 /// id above every id before it, whatever its streams, and all its streams' entries share it (two
 /// emits to different rooms in the same millisecond never share an id, so a client resuming after
 /// one never skips the other).
@@ -48,7 +49,7 @@ const CLAIM_WINDOW: Duration = Duration::from_secs(3);
 /// With an idempotency key (ARGV[10]) already stored, nothing happens and the first id comes
 /// back with `fresh` 0. With a relay message (ARGV[13]), the stored emit is published on the
 /// relay channel (ARGV[12]) as `<nid> <entry id>\n<message>` in the same atomic step, and kept in
-/// the relay log `herald:relaylog` (the last ~50,000, under their entry ids): every instance
+/// the relay log `herald:relaylog` (ARGV[15]; the last ~50,000, under their entry ids): every instance
 /// receives stored emits in the order of their ids, a stored emit is never left unpublished, and
 /// an instance whose subscription had a gap reads what it missed from the log.
 ///
@@ -60,7 +61,8 @@ const CLAIM_WINDOW: Duration = Duration::from_secs(3);
 /// per receipt); an instance never claims a copy stored before its subscription started; and
 /// an instance that missed a publish while resubscribing claims nothing older than the window.
 const APPEND: &str = r#"
-local dedup = KEYS[1]
+-- KEYS[1] always names a key of Herald's slot (a cluster refuses keys of several slots); ARGV[16] says whether it is a dedup set.
+local dedup = ARGV[16] == '1' and KEYS[1] or ''
 local node = ARGV[8]
 local idem = ARGV[10]
 if idem ~= '' then
@@ -110,7 +112,7 @@ if idem ~= '' then
 end
 if ARGV[13] ~= '' then
   redis.call('PUBLISH', ARGV[12], nid .. ' ' .. id .. '\n' .. ARGV[13])
-  redis.call('XADD', 'herald:relaylog', 'MAXLEN', '~', 50000, id, 'nid', nid, 'm', ARGV[13])
+  redis.call('XADD', ARGV[15], 'MAXLEN', '~', 50000, id, 'nid', nid, 'm', ARGV[13])
 end
 return {nid, 1}
 "#;
@@ -143,7 +145,9 @@ return changed
 "#;
 
 /// The largest id given so far, in every stream (see [`APPEND`]).
-const LAST_ID_KEY: &str = "herald:last-id";
+fn last_id_key() -> String {
+    redis_key!("last-id")
+}
 
 /// Remembers ARGV[1] under KEYS[1] for ARGV[2] ms unless the key holds a value: then answers it.
 const CLAIM_KEY: &str = r#"
@@ -281,23 +285,23 @@ impl RedisStore {
 }
 
 fn idempotency_key(key: &str) -> String {
-    format!("herald:idem:{key}")
+    redis_key!("idem:{key}")
 }
 
 fn sessions_key(user: &str) -> String {
-    format!("herald:sessions:{user}")
+    redis_key!("sessions:{user}")
 }
 
 fn delivered_key(node: &str) -> String {
-    format!("herald:delivered:{node}")
+    redis_key!("delivered:{node}")
 }
 
 fn seen_key(user: &str) -> String {
-    format!("herald:seen:{user}")
+    redis_key!("seen:{user}")
 }
 
 fn stream_key(namespace: &str, room: &str) -> String {
-    format!("herald:stream:{namespace}:{room}")
+    redis_key!("stream:{namespace}:{room}")
 }
 
 /// A call that failed before Redis ran it, and can be sent again. Not a timeout: a timed-out
@@ -323,7 +327,7 @@ impl Store for RedisStore {
             // relies on appends reaching Redis in the order it sends them.
             let mut eval = redis::cmd("EVAL");
             eval.arg(APPEND).arg(1 + rooms.len());
-            eval.arg(dedup.map(|d| format!("herald:dedup:{}", d.key)).unwrap_or_default());
+            eval.arg(dedup.map(|d| redis_key!("dedup:{}", d.key)).unwrap_or_else(|| redis_key!("dedup")));
             for room in rooms {
                 eval.arg(stream_key(namespace, room));
             }
@@ -339,9 +343,11 @@ impl Store for RedisStore {
                 .arg(dedup.map_or(0, |d| d.listening_since_ms))
                 .arg(idempotency.map(|i| idempotency_key(i.key)).unwrap_or_default())
                 .arg(idempotency.map_or(0, |i| i.window.as_millis() as u64))
-                .arg(RELAY_CHANNEL)
+                .arg(relay_channel())
                 .arg(relay.unwrap_or_default())
-                .arg(LAST_ID_KEY);
+                .arg(last_id_key())
+                .arg(relay_log_key())
+                .arg(if dedup.is_some() { "1" } else { "" });
             let (nid, fresh): (String, i64) = self.query(&eval).await?;
             Ok(Appended { nid: parse_id(&nid)?, fresh: fresh == 1 })
         })
@@ -454,22 +460,22 @@ impl Store for RedisStore {
         Box::pin(async move {
             let value = serde_json::to_string(rooms).unwrap_or_default();
             let ttl = self.max_age.as_secs() + 60;
-            let _: () = self.query(redis::cmd("SET").arg(format!("herald:rooms:{user}")).arg(value).arg("EX").arg(ttl)).await?;
+            let _: () = self.query(redis::cmd("SET").arg(redis_key!("rooms:{user}")).arg(value).arg("EX").arg(ttl)).await?;
             Ok(())
         })
     }
 
     fn user_rooms<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
         Box::pin(async move {
-            let value: Option<String> = self.query(redis::cmd("GET").arg(format!("herald:rooms:{user}"))).await?;
+            let value: Option<String> = self.query(redis::cmd("GET").arg(redis_key!("rooms:{user}"))).await?;
             Ok(value.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default())
         })
     }
 
     fn read_state<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<ReadState, StoreError>> {
         Box::pin(async move {
-            let up_to: Option<String> = self.query(redis::cmd("GET").arg(format!("herald:read:{user}"))).await?;
-            let ids: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(format!("herald:read:{user}:ids"))).await?;
+            let up_to: Option<String> = self.query(redis::cmd("GET").arg(redis_key!("read:{user}"))).await?;
+            let ids: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(redis_key!("read:{user}:ids"))).await?;
             let mut ids: Vec<StreamId> = ids.iter().filter_map(|i| i.parse().ok()).collect();
             ids.sort();
             let up_to = up_to.map(|u| parse_id(&u)).transpose()?;
@@ -481,10 +487,10 @@ impl Store for RedisStore {
     fn mark_read<'a>(&'a self, user: &'a str, ids: &'a [StreamId], up_to: Option<StreamId>) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
             if let Some(up_to) = up_to {
-                self.set_ids([(format!("herald:read:{user}"), up_to)]).await?;
+                self.set_ids([(redis_key!("read:{user}"), up_to)]).await?;
             }
             if !ids.is_empty() {
-                let key = format!("herald:read:{user}:ids");
+                let key = redis_key!("read:{user}:ids");
                 let members: Vec<String> = ids.iter().map(StreamId::to_string).collect();
                 let _: i64 = self.query(redis::cmd("SADD").arg(&key).arg(members)).await?;
                 let _: bool = self.query(redis::cmd("EXPIRE").arg(&key).arg(self.max_age.as_secs() + 60)).await?;

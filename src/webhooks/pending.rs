@@ -15,6 +15,7 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::cluster::gated::{due_members, Gated};
+use crate::cluster::keys::redis_key;
 
 pub trait Pending: Send + Sync + 'static {
     /// Adds a missed notification to `user`'s batch (sent at `due` if it is the batch's first).
@@ -85,8 +86,12 @@ impl Pending for MemoryPending {
     }
 }
 
-const DUE: &str = "herald:wh:due";
-const UNREAD: &str = "herald:wh:unread";
+fn due_key() -> String {
+    redis_key!("wh:due")
+}
+fn unread_key() -> String {
+    redis_key!("wh:unread")
+}
 
 const ADD: &str = r#"
 local n = redis.call('RPUSH', KEYS[1], ARGV[1])
@@ -123,7 +128,7 @@ impl RedisPending {
 }
 
 fn missed_key(user: &str) -> String {
-    format!("herald:wh:missed:{user}")
+    redis_key!("wh:missed:{user}")
 }
 
 impl Pending for RedisPending {
@@ -133,7 +138,7 @@ impl Pending for RedisPending {
             let dropped: i64 = self
                 .add
                 .key(missed_key(user))
-                .key(DUE)
+                .key(due_key())
                 .arg(entry)
                 .arg(due)
                 .arg(max)
@@ -148,11 +153,11 @@ impl Pending for RedisPending {
     fn take_missed(&self, now: u64) -> BoxFuture<'_, Result<Vec<(String, Vec<String>)>, String>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let users = due_members(&mut conn, DUE, now, 200).await?;
+            let users = due_members(&mut conn, &due_key(), now, 200).await?;
             let mut batches = Vec::new();
             for user in users {
                 let entries: Vec<String> =
-                    self.take.key(missed_key(&user)).key(DUE).arg(&user).invoke_async(&mut conn).await.map_err(|e| e.to_string())?;
+                    self.take.key(missed_key(&user)).key(due_key()).arg(&user).invoke_async(&mut conn).await.map_err(|e| e.to_string())?;
                 if !entries.is_empty() {
                     batches.push((user, entries));
                 }
@@ -164,18 +169,18 @@ impl Pending for RedisPending {
     fn schedule_unread(&self, entry: String, due: u64) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            redis::cmd("ZADD").arg(UNREAD).arg(due).arg(entry).query_async(&mut conn).await.map_err(|e| e.to_string())
+            redis::cmd("ZADD").arg(&unread_key()).arg(due).arg(entry).query_async(&mut conn).await.map_err(|e| e.to_string())
         })
     }
 
     fn take_unread(&self, now: u64) -> BoxFuture<'_, Result<Vec<String>, String>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            let entries = due_members(&mut conn, UNREAD, now, 500).await?;
+            let entries = due_members(&mut conn, &unread_key(), now, 500).await?;
             let mut mine = Vec::new();
             for entry in entries {
                 // Whoever removes an entry checks it.
-                let removed: i64 = redis::cmd("ZREM").arg(UNREAD).arg(&entry).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+                let removed: i64 = redis::cmd("ZREM").arg(&unread_key()).arg(&entry).query_async(&mut conn).await.map_err(|e| e.to_string())?;
                 if removed == 1 {
                     mine.push(entry);
                 }
