@@ -310,7 +310,7 @@ describe('Sentinel: master + replica + 3 sentinels', () => {
 
 // -------------------------------------------------------------------------------------------
 describe('Redis Cluster: 3 masters + 3 replicas', { skip: clusterUrlSupport.ok ? false : `herald does not take redis+cluster:// yet: ${clusterUrlSupport.reason}` }, () => {
-  let rc; let nodes = []; let pys = [];
+  let rc; let nodes = []; let pys = []; let victim;
   before(async () => {
     rc = await ClusterRedis.start();
     nodes = await startHeralds(rc.url, { prefix: 'rc' });
@@ -341,7 +341,7 @@ describe('Redis Cluster: 3 masters + 3 replicas', { skip: clusterUrlSupport.ok ?
 
   it('kill -9 of the master holding the most keys: its replica takes over, delivery resumes, nothing accepted is lost', async () => {
     const sizes = await Promise.all(rc.masters.map(async (p) => [p, Number(await rc.cli(p, 'DBSIZE'))]));
-    const [victim] = sizes.sort((x, y) => y[1] - x[1])[0];
+    [victim] = sizes.sort((x, y) => y[1] - x[1])[0];
     const fig = await failover(nodes, 'rcfo', () => rc.kill9(victim));
     fig.killed_master = victim;
     fig.keys_per_master = Object.fromEntries(sizes);
@@ -352,8 +352,15 @@ describe('Redis Cluster: 3 masters + 3 replicas', { skip: clusterUrlSupport.ok ?
     assertFailover(fig);
   });
 
-  it('after the failover: storage and replay work, with no restart of Herald', async () => {
+  it('after the failover: storage and replay work, with no restart of Herald; emitters on a surviving node reach the sockets', async () => {
     await storedReplay(nodes, 'rcst2');
     await crossInstance(nodes, 'rcx2');
+    // Herald's subscriptions may have been on the dead node: a backend on a live one still reaches every socket
+    const live = rc.masters.find((p) => p !== victim);
+    const url = `redis://127.0.0.1:${live}/0`;
+    const after = await Promise.all([startPyDeployEmitter('flask', url), startPyDeployEmitter('redis', url)]);
+    pys.push(...after);
+    await pythonEmitters(nodes, 'rcpy2', after);
+    await nodeEmitter(nodes, 'rcnode2', { url: `redis://127.0.0.1:${live}` });
   });
 });
