@@ -168,6 +168,12 @@ async function failover(nodes, tag, kill, { resumeTimeoutMs = 40000 } = {}) {
     const dup = [...counts].filter(([, k]) => k > 1).map(([n]) => n);
     const unexpected = sends.filter((s) => !(typeof s.status === 'number' && ((s.status >= 200 && s.status < 300) || s.status === 503)));
     const order = tab.col.events.map((e) => index(markerOf(e))).filter((n) => n >= killIndex);
+    // storage through the new master: what was accepted after the kill is in the history once
+    const hist = await nodes[2].api('GET', `/api/v1/users/${encodeURIComponent(user)}/notifications?limit=100`);
+    assert.equal(hist.status, 200, JSON.stringify(hist.body));
+    const listed = new Map();
+    for (const item of hist.body.items) { const n = index(item?.data?.marker); if (n >= 0) listed.set(n, (listed.get(n) ?? 0) + 1); }
+    const acceptedAfterKill = accepted.filter((s) => s.i >= killIndex).map((s) => s.i);
     const fig = {
       resumed_after_s: resumedAt === null ? null : Number(((resumedAt - killedAt) / 1000).toFixed(2)),
       sent: sends.length,
@@ -180,6 +186,9 @@ async function failover(nodes, tag, kill, { resumeTimeoutMs = 40000 } = {}) {
       lost: lost.length,
       lost_indexes: lost,
       duplicated: dup.length,
+      accepted_after_kill: acceptedAfterKill.length,
+      stored_once_after_kill: acceptedAfterKill.filter((n) => listed.get(n) === 1).length,
+      listed_twice: [...listed].filter(([, k]) => k > 1).map(([n]) => n),
       in_order: order.every((n, k) => k === 0 || n > order[k - 1]),
       herald_restarted: nodes.some((h, k) => hasExited(h.proc) || h.proc.pid !== pids[k]),
     };
@@ -191,7 +200,8 @@ function report(deployment, fig, what) {
   record(deployment, 'failover', fig);
   console.log(`# ${deployment}: ${what}: cross-instance delivery resumed ${fig.resumed_after_s} s after the kill; `
     + `sent ${fig.sent} (${fig.sent_after_kill} after the kill), accepted ${fig.accepted_2xx} (queued ${fig.queued}), `
-    + `refused 503 ${fig.refused_503}, lost ${fig.lost}, duplicated ${fig.duplicated}`
+    + `refused 503 ${fig.refused_503}, lost ${fig.lost}, duplicated ${fig.duplicated}; `
+    + `stored once ${fig.stored_once_after_kill}/${fig.accepted_after_kill} accepted after the kill`
     + `${fig.other_answers.length ? `, other answers ${fig.other_answers.join(' ')}` : ''}`);
 }
 
@@ -201,6 +211,8 @@ function assertFailover(fig) {
   assert.deepEqual(fig.other_answers, [], 'every answer a 2xx or a 503');
   assert.equal(fig.lost, 0, `accepted but never delivered: ${JSON.stringify(fig.lost_indexes)}`);
   assert.equal(fig.duplicated, 0, 'delivered twice');
+  assert.equal(fig.stored_once_after_kill, fig.accepted_after_kill, 'what was accepted after the kill is stored, once');
+  assert.deepEqual(fig.listed_twice, [], 'listed twice in the history');
 }
 
 // -------------------------------------------------------------------------------------------
@@ -222,10 +234,8 @@ describe('TLS-only redis-server, private CA, ACL user', () => {
   });
 
   it('python emitters over TLS: Flask-SocketIO (rediss://…?ssl_ca_certs=) and RedisManager (redis_options)', async () => {
-    pys = await Promise.all([
-      startPyDeployEmitter('flask', `${redis.url()}?ssl_ca_certs=${encodeURIComponent(redis.caFile)}`),
-      startPyDeployEmitter('redis', redis.url(), { ssl_ca_certs: redis.caFile }),
-    ]);
+    pys.push(await startPyDeployEmitter('flask', `${redis.url()}?ssl_ca_certs=${encodeURIComponent(redis.caFile)}`));
+    pys.push(await startPyDeployEmitter('redis', redis.url(), { ssl_ca_certs: redis.caFile }));
     await pythonEmitters(nodes, 'tlspy', pys);
   });
 
@@ -277,10 +287,8 @@ describe('Sentinel: master + replica + 3 sentinels', () => {
   });
 
   it('python emitters on redis+sentinel://…/0/mymaster: RedisManager and Flask-SocketIO (client_manager)', async () => {
-    pys = await Promise.all([
-      startPyDeployEmitter('redis', s.pythonUrl),
-      startPyDeployEmitter('flask-manager', s.pythonUrl),
-    ]);
+    pys.push(await startPyDeployEmitter('redis', s.pythonUrl));
+    pys.push(await startPyDeployEmitter('flask-manager', s.pythonUrl));
     await pythonEmitters(nodes, 'snpy', pys);
   });
 
@@ -327,7 +335,8 @@ describe('Redis Cluster: 3 masters + 3 replicas', { skip: clusterUrlSupport.ok ?
 
   it('python emitters on one node (PUBLISH reaches every node): Flask-SocketIO and RedisManager', async () => {
     const url = `redis://127.0.0.1:${rc.masters[1]}/0`;
-    pys = await Promise.all([startPyDeployEmitter('flask', url), startPyDeployEmitter('redis', url)]);
+    pys.push(await startPyDeployEmitter('flask', url));
+    pys.push(await startPyDeployEmitter('redis', url));
     await pythonEmitters(nodes, 'rcpy', pys);
   });
 
@@ -358,8 +367,8 @@ describe('Redis Cluster: 3 masters + 3 replicas', { skip: clusterUrlSupport.ok ?
     // Herald's subscriptions may have been on the dead node: a backend on a live one still reaches every socket
     const live = rc.masters.find((p) => p !== victim);
     const url = `redis://127.0.0.1:${live}/0`;
-    const after = await Promise.all([startPyDeployEmitter('flask', url), startPyDeployEmitter('redis', url)]);
-    pys.push(...after);
+    const after = [];
+    for (const mode of ['flask', 'redis']) { after.push(await startPyDeployEmitter(mode, url)); pys.push(after.at(-1)); }
     await pythonEmitters(nodes, 'rcpy2', after);
     await nodeEmitter(nodes, 'rcnode2', { url: `redis://127.0.0.1:${live}` });
   });
