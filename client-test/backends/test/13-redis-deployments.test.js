@@ -201,7 +201,7 @@ function report(deployment, fig, what) {
   console.log(`# ${deployment}: ${what}: cross-instance delivery resumed ${fig.resumed_after_s} s after the kill; `
     + `sent ${fig.sent} (${fig.sent_after_kill} after the kill), accepted ${fig.accepted_2xx} (queued ${fig.queued}), `
     + `refused 503 ${fig.refused_503}, lost ${fig.lost}, duplicated ${fig.duplicated}; `
-    + `stored once ${fig.stored_once_after_kill}/${fig.accepted_after_kill} accepted after the kill`
+    + `stored once ${fig.stored_once_after_kill}/${fig.accepted_after_kill} accepted after the kill; in order ${fig.in_order}`
     + `${fig.other_answers.length ? `, other answers ${fig.other_answers.join(' ')}` : ''}`);
 }
 
@@ -211,6 +211,7 @@ function assertFailover(fig) {
   assert.deepEqual(fig.other_answers, [], 'every answer a 2xx or a 503');
   assert.equal(fig.lost, 0, `accepted but never delivered: ${JSON.stringify(fig.lost_indexes)}`);
   assert.equal(fig.duplicated, 0, 'delivered twice');
+  assert.ok(fig.in_order, 'what was sent after the kill arrived in order');
   assert.equal(fig.stored_once_after_kill, fig.accepted_after_kill, 'what was accepted after the kill is stored, once');
   assert.deepEqual(fig.listed_twice, [], 'listed twice in the history');
 }
