@@ -443,7 +443,10 @@ async fn maintain_subscriptions(
                     SessionEnd::Lost(cause) => cause,
                 }
             }
-            Err(cause) => cause,
+            Err(cause) => {
+                tracing::debug!(redis = %shared.redis_addr, error = %cause, "Redis connection attempt failed");
+                cause
+            }
         };
         shared.reachability.mark_down(&shared.redis_addr, &cause);
 

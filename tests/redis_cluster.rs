@@ -1,0 +1,210 @@
+//! Redis Cluster: three masters and three replicas (real `redis-server --cluster-enabled yes`,
+//! joined by `redis-cli --cluster create`), three Herald instances given `redis+cluster://` with
+//! the seeds. Herald's keys share the hash tag `{herald}`; a backend publishes on whichever node
+//! it is connected to. The master that serves Herald's slot is killed -9; the cluster promotes
+//! its replica; Herald finds it by itself and delivery and storage resume, with what was stored
+//! before still there (Redis replicates asynchronously: what the replica had received).
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::herald_process::HeraldProcess;
+use common::{TestClient, SECRET};
+use herald::auth::mint_dev_token;
+use serde_json::json;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The cluster's nodes, killed and their directories removed when the test ends.
+struct Nodes {
+    dir: PathBuf,
+    children: Vec<(u16, Child)>,
+}
+
+impl Nodes {
+    fn start(count: usize) -> Nodes {
+        let dir = std::env::temp_dir().join(format!("herald-rcluster-{}", uuid::Uuid::new_v4()));
+        let mut nodes = Nodes { dir, children: vec![] };
+        for _ in 0..count {
+            // The cluster bus listens on port + 10000: both must be free.
+            let port = loop {
+                let port = free_port();
+                if port < 55000 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+                    break port;
+                }
+            };
+            let dir = nodes.dir.join(port.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+                .args(["--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"])
+                // A replica that has not synced for a while still takes over (tests are quick).
+                .args(["--cluster-replica-validity-factor", "0"])
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs");
+            nodes.children.push((port, child));
+        }
+        for (port, _) in &nodes.children {
+            wait_for("a node", Duration::from_secs(10), || cli(*port, &["PING"]) == "PONG");
+        }
+        let addresses: Vec<String> = nodes.ports().iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        for port in nodes.ports() {
+            wait_for("the cluster to be ok", Duration::from_secs(20), || cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            wait_for("every replica in sync", Duration::from_secs(20), || {
+                let info = cli(port, &["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+        }
+        nodes
+    }
+
+    fn ports(&self) -> Vec<u16> {
+        self.children.iter().map(|(p, _)| *p).collect()
+    }
+
+    fn kill(&mut self, port: u16) {
+        if let Some(i) = self.children.iter().position(|(p, _)| *p == port) {
+            let (_, mut child) = self.children.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The master serving the slot of Herald's keys, as the node on `port` sees it.
+    fn herald_master(&self, port: u16) -> Option<u16> {
+        let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", "{herald}:x"]).parse().ok()?;
+        let nodes = cli(port, &["CLUSTER", "NODES"]);
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let is_live_master = fields.get(2)?.contains("master") && !fields[2].contains("fail");
+            let serves = fields.iter().skip(8).any(|range| match range.split_once('-') {
+                Some((a, b)) => a.parse::<u16>().is_ok_and(|a| a <= slot) && b.parse::<u16>().is_ok_and(|b| slot <= b),
+                None => range.parse::<u16>().ok() == Some(slot),
+            });
+            (is_live_master && serves).then(|| fields[1].split([':', '@']).nth(1)?.parse().ok()).flatten()
+        })
+    }
+}
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn client(instance: &HeraldProcess, user: &str, last_id: Option<&str>) -> TestClient {
+    let token = mint_dev_token(SECRET, user, None, &[], 3600).unwrap();
+    let mut client = TestClient::connect(instance.addr(), "", Some(json!({ "token": token, "last_id": last_id })), "/").await.expect("connects");
+    assert_eq!(client.next_event("notification").await.expect("welcome")[0]["type"], "welcome");
+    client
+}
+
+#[tokio::test]
+async fn on_a_redis_cluster_delivery_and_storage_work_and_survive_a_master_failover() {
+    let mut nodes = Nodes::start(6);
+    let ports = nodes.ports();
+    let url = format!("redis+cluster://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1], ports[2]);
+    let (a, b, c) = tokio::join!(HeraldProcess::start("rc-a", &url), HeraldProcess::start("rc-b", &url), HeraldProcess::start("rc-c", &url));
+    for instance in [&a, &b, &c] {
+        instance.wait_health("redis up through the cluster", |h| h["redis"] == "up").await;
+    }
+    let master = nodes.herald_master(ports[0]).expect("a master serves Herald's slot");
+    // Every key Herald wrote is in that master's slot (a cluster would refuse any other).
+    let other = *ports.iter().find(|p| **p != master && nodes.herald_master(**p) == Some(master)).unwrap();
+
+    // Across instances, from the HTTP API and from a backend publishing on another node.
+    let mut on_b = client(&b, "70", None).await;
+    let (_, before) = a.post("/api/v1/notify", json!({ "to": { "user": 70 }, "type": "t", "message": "before" })).await;
+    assert_eq!(on_b.next_notification().await.expect("delivered across instances")["id"], before["id"]);
+    cli(other, &["PUBLISH", "notify:user:70", r#"{"type":"t","message":"from a backend"}"#]);
+    let published = on_b.next_notification().await.expect("a backend's PUBLISH on another node arrives");
+    assert_eq!(published["message"], "from a backend");
+    // Stored once (three instances received the publish) and replayed on a third instance.
+    let mut on_c = client(&c, "70", before["id"].as_str()).await;
+    assert_eq!(on_c.next_notification().await.expect("replayed")["id"], published["id"]);
+    let history = c.get("/api/v1/users/70/notifications").await;
+    let messages: Vec<&str> = history["items"].as_array().unwrap().iter().filter_map(|n| n["message"].as_str()).collect();
+    assert_eq!(messages.iter().filter(|m| **m == "from a backend").count(), 1, "stored once: {history}");
+    drop(on_c);
+    let (_, kept) = a.post("/api/v1/notify", json!({ "to": { "user": 70 }, "type": "t", "message": "kept" })).await;
+    assert_eq!(on_b.next_notification().await.expect("delivered")["id"], kept["id"]);
+    std::thread::sleep(Duration::from_millis(300)); // the replica receives it
+
+    let killed = Instant::now();
+    nodes.kill(master);
+    let mut resumed = None;
+    let (mut refused, mut sent) = (0, 0);
+    for n in 0..600 {
+        let (status, body) = a.post("/api/v1/notify", json!({ "to": { "user": 70 }, "type": "t", "message": format!("during {n}") })).await;
+        assert!(status == 202 || status == 503, "{status} {body}");
+        sent += 1;
+        if status == 503 {
+            refused += 1;
+        }
+        if status == 202 && body["id"].is_string() {
+            resumed = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resumed = resumed.expect("storage resumed within a minute");
+    let seconds = killed.elapsed().as_secs_f64();
+    let promoted = nodes.herald_master(other).expect("a new master serves Herald's slot");
+    assert_ne!(promoted, master);
+    // Everything accepted meanwhile (queued in the outbox, sent once the slot was served again)
+    // arrives once, in order, the resumed one last.
+    let mut got = vec![];
+    loop {
+        let n = on_b.next_notification().await.expect("the notifications of the failover arrive");
+        got.push(n["message"].as_str().unwrap().to_string());
+        if n["id"] == resumed["id"] {
+            break;
+        }
+    }
+    let accepted: Vec<String> = (0..got.len()).map(|n| format!("during {n}")).collect();
+    println!(
+        "cluster: stored through the promoted master {seconds:.1} s after kill -9 of Herald's master; {sent} sent, {refused} refused with 503, {} accepted and delivered, 0 lost",
+        got.len()
+    );
+    assert_eq!(got, accepted, "nothing lost, nothing twice, in order");
+    // Cross-instance delivery of a backend's publish works again, and what was stored before is there.
+    let survivor = *ports.iter().find(|p| **p != master && **p != promoted).unwrap();
+    cli(survivor, &["PUBLISH", "notify:user:70", r#"{"type":"t","message":"after"}"#]);
+    assert_eq!(on_b.next_notification().await.expect("a backend's publish after the failover")["message"], "after");
+    let mut device = client(&c, "70", before["id"].as_str()).await;
+    let replayed = device.next_notification().await.expect("replayed from the promoted master");
+    assert_eq!(replayed["message"], "from a backend");
+}
