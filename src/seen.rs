@@ -78,6 +78,8 @@ struct Book {
     here: HashMap<String, (usize, StreamId)>,
     /// Session writes not written yet, in order.
     queue: Vec<SessionWrite>,
+    /// The batch being written now: taken from the queue, not in the store yet.
+    in_flight: Vec<SessionWrite>,
     /// Since when (unix ms) Redis has been up without a break, as far as flushes saw.
     up_since: Option<u64>,
     /// The last flush failed: the next failure is not logged again (an outage logs once).
@@ -152,6 +154,16 @@ impl SeenMarks {
         if others == OtherTabs::Here {
             return Cursor::Online { elsewhere: false };
         }
+        // A session of the user that ended here moments ago may still wait in the queue, or be
+        // on its way to the store. Looked at before the store is read: a write that leaves the
+        // queue after this look is in the store when it is read.
+        let queued = {
+            let book = self.book();
+            book.in_flight.iter().chain(book.queue.iter()).fold(None, |seen: Option<StreamId>, write| match write {
+                SessionWrite::End { user: u, mark, .. } if u == user => seen.max(Some(*mark)),
+                _ => seen,
+            })
+        };
         let sessions = match self.store.sessions(user).await {
             Ok(sessions) => sessions,
             Err(e) => {
@@ -159,11 +171,6 @@ impl SeenMarks {
                 return Cursor::From(None);
             }
         };
-        // A session of the user that ended here moments ago may still wait in the queue.
-        let queued = self.book().queue.iter().fold(None, |seen: Option<StreamId>, write| match write {
-            SessionWrite::End { user: u, mark, .. } if u == user => seen.max(Some(*mark)),
-            _ => seen,
-        });
         let seen = sessions.seen.max(queued);
         let elsewhere: Vec<_> = sessions.nodes.iter().filter(|n| n.node != self.node_id).collect();
         if elsewhere.is_empty() {
@@ -266,13 +273,19 @@ impl SeenMarks {
     /// Writes the queued session writes, in order; on failure they stay queued, folded.
     pub async fn write_queue(&self) -> Result<(), crate::store::StoreError> {
         let _writing = self.writing.lock().await;
-        let batch = std::mem::take(&mut self.book().queue);
+        let batch = {
+            let mut book = self.book();
+            let batch = std::mem::take(&mut book.queue);
+            book.in_flight.clone_from(&batch);
+            batch
+        };
         if batch.is_empty() {
             return Ok(());
         }
         let result = self.store.write_sessions(&batch).await;
+        let mut book = self.book();
+        book.in_flight.clear();
         if result.is_err() {
-            let mut book = self.book();
             let newer = std::mem::take(&mut book.queue);
             let mut all = batch;
             all.extend(newer);
