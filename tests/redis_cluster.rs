@@ -165,6 +165,12 @@ async fn on_a_redis_cluster_delivery_and_storage_work_and_survive_a_master_failo
     let history = c.get("/api/v1/users/70/notifications").await;
     let messages: Vec<&str> = history["items"].as_array().unwrap().iter().filter_map(|n| n["message"].as_str()).collect();
     assert_eq!(messages.iter().filter(|m| **m == "from a backend").count(), 1, "stored once: {history}");
+    // Presence and read state live in Herald's slot too.
+    let presence = a.get("/api/v1/presence/users/70").await;
+    assert_eq!(presence["online"], true, "{presence}");
+    let (status, read) = c.post("/api/v1/users/70/notifications/read", json!({ "up_to": published["id"] })).await;
+    assert_eq!((status, read["unread"].clone()), (200, json!(0)), "{read}");
+    assert_eq!(b.get("/api/v1/users/70/notifications").await["unread"], 0);
     drop(on_c);
     let (_, kept) = a.post("/api/v1/notify", json!({ "to": { "user": 70 }, "type": "t", "message": "kept" })).await;
     assert_eq!(on_b.next_notification().await.expect("delivered")["id"], kept["id"]);
