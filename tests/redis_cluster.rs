@@ -25,12 +25,35 @@ fn free_port() -> u16 {
 struct Nodes {
     dir: PathBuf,
     children: Vec<(u16, Child)>,
+    /// TLS only: the nodes talk TLS to clients, to each other and to their replicas.
+    tls: bool,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let status = Command::new("openssl").args(args).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::null()).status().expect("openssl runs");
+    assert!(status.success(), "openssl {args:?}");
 }
 
 impl Nodes {
     fn start(count: usize) -> Nodes {
+        Nodes::start_with(count, false)
+    }
+
+    /// The same cluster, TLS only, with a private CA (`ca.crt` in [`Nodes::dir`]).
+    fn start_tls(count: usize) -> Nodes {
+        Nodes::start_with(count, true)
+    }
+
+    fn start_with(count: usize, tls: bool) -> Nodes {
         let dir = std::env::temp_dir().join(format!("herald-rcluster-{}", uuid::Uuid::new_v4()));
-        let mut nodes = Nodes { dir, children: vec![] };
+        std::fs::create_dir_all(&dir).unwrap();
+        if tls {
+            openssl(&dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=herald-test-ca"]);
+            openssl(&dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+            std::fs::write(dir.join("ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+            openssl(&dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext"]);
+        }
+        let mut nodes = Nodes { dir, children: vec![], tls };
         for _ in 0..count {
             // The cluster bus listens on port + 10000: both must be free.
             let port = loop {
@@ -41,8 +64,17 @@ impl Nodes {
             };
             let dir = nodes.dir.join(port.to_string());
             std::fs::create_dir_all(&dir).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            let mut command = Command::new("redis-server");
+            if tls {
+                let file = |name: &str| nodes.dir.join(name).display().to_string();
+                command.args(["--port", "0", "--tls-port", &port.to_string(), "--tls-cluster", "yes", "--tls-replication", "yes"]);
+                command.args(["--tls-cert-file", &file("server.crt"), "--tls-key-file", &file("server.key"), "--tls-ca-cert-file", &file("ca.crt")]);
+                command.args(["--tls-auth-clients", "no"]);
+            } else {
+                command.args(["--port", &port.to_string()]);
+            }
+            let child = command
+                .args(["--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
                 .args(["--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no"])
                 // A replica that has not synced for a while still takes over (tests are quick).
                 .args(["--cluster-replica-validity-factor", "0"])
@@ -53,11 +85,12 @@ impl Nodes {
                 .expect("redis-server runs");
             nodes.children.push((port, child));
         }
-        for (port, _) in &nodes.children {
-            wait_for("a node", Duration::from_secs(10), || cli(*port, &["PING"]) == "PONG");
+        for port in nodes.ports() {
+            wait_for("a node", Duration::from_secs(10), || nodes.cli(port, &["PING"]) == "PONG");
         }
         let addresses: Vec<String> = nodes.ports().iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let out = Command::new("redis-cli")
+        let out = nodes
+            .cli_command()
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -65,13 +98,27 @@ impl Nodes {
             .expect("redis-cli runs");
         assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
         for port in nodes.ports() {
-            wait_for("the cluster to be ok", Duration::from_secs(20), || cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            wait_for("the cluster to be ok", Duration::from_secs(20), || nodes.cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
             wait_for("every replica in sync", Duration::from_secs(20), || {
-                let info = cli(port, &["INFO", "replication"]);
+                let info = nodes.cli(port, &["INFO", "replication"]);
                 info.contains("role:master") || info.contains("master_link_status:up")
             });
         }
         nodes
+    }
+
+    /// `redis-cli`, with the TLS options when the nodes are TLS only.
+    fn cli_command(&self) -> Command {
+        let mut command = Command::new("redis-cli");
+        if self.tls {
+            command.args(["--tls", "--cacert", &self.dir.join("ca.crt").display().to_string()]);
+        }
+        command
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = self.cli_command().arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     fn ports(&self) -> Vec<u16> {
@@ -88,8 +135,8 @@ impl Nodes {
 
     /// The master serving the slot of Herald's keys, as the node on `port` sees it.
     fn herald_master(&self, port: u16) -> Option<u16> {
-        let slot: u16 = cli(port, &["CLUSTER", "KEYSLOT", "{herald}:x"]).parse().ok()?;
-        let nodes = cli(port, &["CLUSTER", "NODES"]);
+        let slot: u16 = self.cli(port, &["CLUSTER", "KEYSLOT", "{herald}:x"]).parse().ok()?;
+        let nodes = self.cli(port, &["CLUSTER", "NODES"]);
         nodes.lines().find_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let is_live_master = fields.get(2)?.contains("master") && !fields[2].contains("fail");
@@ -110,11 +157,6 @@ impl Drop for Nodes {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli").arg("-p").arg(port.to_string()).args(args).output().expect("redis-cli runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
@@ -154,9 +196,9 @@ async fn on_a_redis_cluster_delivery_and_storage_work_and_survive_a_master_failo
     let (status, _) = a.post("/api/v1/emit", json!({ "event": "ping", "args": [{ "n": 1 }], "rooms": ["user_70"] })).await;
     assert_eq!(status, 202);
     assert_eq!(on_b.next_event("ping").await.expect("a non-stored emit across instances")[0]["n"], 1);
-    let sharded: Vec<String> = ports.iter().flat_map(|p| cli(*p, &["PUBSUB", "SHARDCHANNELS", "herald-*"]).lines().map(String::from).collect::<Vec<_>>()).collect();
+    let sharded: Vec<String> = ports.iter().flat_map(|p| nodes.cli(*p, &["PUBSUB", "SHARDCHANNELS", "herald-*"]).lines().map(String::from).collect::<Vec<_>>()).collect();
     assert!(sharded.iter().any(|c| c.starts_with("herald-request#")), "the adapter subscribes with SSUBSCRIBE: {sharded:?}");
-    cli(other, &["PUBLISH", "notify:user:70", r#"{"type":"t","message":"from a backend"}"#]);
+    nodes.cli(other, &["PUBLISH", "notify:user:70", r#"{"type":"t","message":"from a backend"}"#]);
     let published = on_b.next_notification().await.expect("a backend's PUBLISH on another node arrives");
     assert_eq!(published["message"], "from a backend");
     // Stored once (three instances received the publish) and replayed on a third instance.
@@ -215,7 +257,7 @@ async fn on_a_redis_cluster_delivery_and_storage_work_and_survive_a_master_failo
     assert_eq!(got, accepted, "nothing lost, nothing twice, in order (got {} of {sent})", got.len());
     // Cross-instance delivery of a backend's publish works again, and what was stored before is there.
     let survivor = *ports.iter().find(|p| **p != master && **p != promoted).unwrap();
-    cli(survivor, &["PUBLISH", "notify:user:70", r#"{"type":"t","message":"after"}"#]);
+    nodes.cli(survivor, &["PUBLISH", "notify:user:70", r#"{"type":"t","message":"after"}"#]);
     assert_eq!(on_b.next_notification().await.expect("a backend's publish after the failover")["message"], "after");
     let (status, _) = c.post("/api/v1/emit", json!({ "event": "ping", "args": [{ "n": 2 }], "rooms": ["user_70"] })).await;
     assert_eq!(status, 202);
@@ -223,4 +265,27 @@ async fn on_a_redis_cluster_delivery_and_storage_work_and_survive_a_master_failo
     let mut device = client(&c, "70", before["id"].as_str()).await;
     let replayed = device.next_notification().await.expect("replayed from the promoted master");
     assert_eq!(replayed["message"], "from a backend");
+}
+
+#[tokio::test]
+async fn on_a_tls_only_redis_cluster_delivery_storage_and_sharded_pub_sub_work() {
+    let nodes = Nodes::start_tls(6);
+    let ports = nodes.ports();
+    let url = format!("rediss+cluster://127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let ca = nodes.dir.join("ca.crt").display().to_string();
+    let settings = [("HERALD__REDIS__TLS_CA_FILE", ca.as_str())];
+    let (a, b) = tokio::join!(HeraldProcess::start_with("rt-a", &url, &settings), HeraldProcess::start_with("rt-b", &url, &settings));
+    for instance in [&a, &b] {
+        instance.wait_health("redis up through the TLS cluster", |h| h["redis"] == "up").await;
+    }
+    let mut on_b = client(&b, "71", None).await;
+    let (_, first) = a.post("/api/v1/notify", json!({ "to": { "user": 71 }, "type": "t", "message": "over tls" })).await;
+    assert_eq!(on_b.next_notification().await.expect("delivered across instances")["id"], first["id"]);
+    let (status, _) = a.post("/api/v1/emit", json!({ "event": "ping", "args": [{ "n": 1 }], "rooms": ["user_71"] })).await;
+    assert_eq!(status, 202);
+    assert_eq!(on_b.next_event("ping").await.expect("sharded pub/sub over TLS")[0]["n"], 1);
+    nodes.cli(ports[2], &["PUBLISH", "notify:user:71", r#"{"type":"t","message":"from a backend"}"#]);
+    let published = on_b.next_notification().await.expect("a backend's PUBLISH");
+    let mut device = client(&a, "71", first["id"].as_str()).await;
+    assert_eq!(device.next_notification().await.expect("replayed")["id"], published["id"]);
 }
