@@ -289,3 +289,58 @@ async fn on_a_tls_only_redis_cluster_delivery_storage_and_sharded_pub_sub_work()
     let mut device = client(&a, "71", first["id"].as_str()).await;
     assert_eq!(device.next_notification().await.expect("replayed")["id"], published["id"]);
 }
+
+#[tokio::test]
+async fn a_failover_that_keeps_the_old_master_alive_is_followed_too() {
+    // `CLUSTER FAILOVER` on the replica (what a rolling upgrade or a managed service's
+    // maintenance does): the old master lives on as a replica, Herald's connections to it stay
+    // open and would answer MOVED forever if Herald did not notice.
+    let nodes = Nodes::start(6);
+    let ports = nodes.ports();
+    let url = format!("redis+cluster://127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1], ports[2]);
+    let (a, b) = tokio::join!(HeraldProcess::start("rm-a", &url), HeraldProcess::start("rm-b", &url));
+    for instance in [&a, &b] {
+        instance.wait_health("redis up through the cluster", |h| h["redis"] == "up").await;
+    }
+    let master = nodes.herald_master(ports[0]).unwrap();
+    let id = nodes.cli(master, &["CLUSTER", "MYID"]);
+    let replica = *ports
+        .iter()
+        .find(|p| nodes.cli(**p, &["CLUSTER", "NODES"]).lines().any(|l| l.contains("myself") && l.contains(&format!("slave {id}"))))
+        .expect("Herald's master has a replica");
+    let mut on_b = client(&b, "72", None).await;
+    let (_, before) = a.post("/api/v1/notify", json!({ "to": { "user": 72 }, "type": "t", "message": "before" })).await;
+    assert_eq!(on_b.next_notification().await.unwrap()["id"], before["id"]);
+
+    let started = Instant::now();
+    assert_eq!(nodes.cli(replica, &["CLUSTER", "FAILOVER"]), "OK");
+    wait_for("the replica promoted", Duration::from_secs(20), || nodes.herald_master(ports[0]) == Some(replica));
+    let mut sent = vec![];
+    let last = loop {
+        let n = sent.len();
+        let (status, body) = a.post("/api/v1/notify", json!({ "to": { "user": 72 }, "type": "t", "message": format!("after {n}") })).await;
+        assert!(status == 202 || status == 503, "{status} {body}");
+        if status == 202 {
+            sent.push(format!("after {n}"));
+            if body["id"].is_string() && started.elapsed() > Duration::from_secs(1) {
+                break body;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "storage never resumed after the failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut got = vec![];
+    loop {
+        let n = on_b.next_notification().await.expect("the notifications of the failover arrive");
+        got.push(n["message"].as_str().unwrap().to_string());
+        if n["id"] == last["id"] {
+            break;
+        }
+    }
+    println!("cluster: CLUSTER FAILOVER followed, storing through the new master {:.1} s after it started", started.elapsed().as_secs_f64());
+    assert_eq!(got, sent, "nothing lost, nothing twice, in order");
+    // And the old master, now a replica, is not where Herald writes.
+    let (_, after) = a.post("/api/v1/notify", json!({ "to": { "user": 72 }, "type": "t", "message": "settled" })).await;
+    assert!(after["id"].is_string(), "{after}");
+    assert_eq!(on_b.next_notification().await.unwrap()["id"], after["id"]);
+}

@@ -622,9 +622,10 @@ impl Session {
                     synced
                 }
                 _ = health_check.tick() => {
-                    bounded(SUBSCRIBER_COMMAND_TIMEOUT, self.sink.ping::<redis::Value>())
-                        .await
-                        .map(drop)
+                    match bounded(SUBSCRIBER_COMMAND_TIMEOUT, self.sink.ping::<redis::Value>()).await {
+                        Ok(_) if shared.endpoint.is_cluster() => still_serves_herald_slot(shared).await,
+                        other => other.map(drop),
+                    }
                 }
             };
             if let Err(cause) = outcome {
@@ -658,6 +659,21 @@ impl Session {
         }
         self.subscribed = wanted;
         Ok(())
+    }
+}
+
+/// Against a Redis Cluster: whether the node Herald is connected to still serves Herald's slot.
+/// A failover that did not kill the old master (a `CLUSTER FAILOVER`, a managed service's
+/// maintenance) leaves every connection open to a node that is now a replica and answers
+/// `MOVED`: that ends the session, and the next one asks the seeds where the slot went.
+async fn still_serves_herald_slot(shared: &Shared) -> Result<(), DriverError> {
+    let mut publisher = shared.publisher();
+    let probe = redis::cmd("EXISTS").arg(super::keys::redis_key!("last-id")).clone();
+    match bounded(PUBLISH_TIMEOUT, probe.query_async::<i64>(&mut publisher)).await {
+        Err(DriverError::Redis(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::Moved) || e.to_string().contains("MOVED") => {
+            Err(DriverError::Redis(e))
+        }
+        _ => Ok(()), // other trouble shows on the pub/sub connection itself
     }
 }
 
