@@ -622,6 +622,10 @@ impl Session {
                     synced
                 }
                 _ = health_check.tick() => {
+                    if let Some(sharded) = shared.sharded.as_ref().filter(|s| !s.connected()) {
+                        let sharded = sharded.clone();
+                        tokio::spawn(async move { sharded.ensure().await });
+                    }
                     match bounded(SUBSCRIBER_COMMAND_TIMEOUT, self.sink.ping::<redis::Value>()).await {
                         Ok(_) if shared.endpoint.is_cluster() => still_serves_herald_slot(shared).await,
                         other => other.map(drop),

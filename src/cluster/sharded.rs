@@ -96,7 +96,7 @@ impl Sharded {
         }
     }
 
-    /// `SSUBSCRIBE`; while the connection cannot be made, recorded and applied when it is.
+    /// `SSUBSCRIBE`; while there is no connection yet, recorded and applied when it is made.
     pub async fn subscribe(&self, channel: &str) {
         self.wanted().insert(channel.to_string());
         let current = self.connection.lock().await.clone();
@@ -106,8 +106,15 @@ impl Sharded {
                     tracing::warn!(error = %e, channel, "sharded subscription failed; the cluster connection retries it");
                 }
             }
-            None => self.ensure().await,
+            // Subscribed when the connection is made: at the driver's next connection or
+            // health check (never waiting here: Herald starts while Redis is down).
+            None => {}
         }
+    }
+
+    /// Whether the cluster connection exists (or is being made now).
+    pub fn connected(&self) -> bool {
+        self.connection.try_lock().map_or(true, |connection| connection.is_some())
     }
 
     pub async fn unsubscribe(&self, channel: &str) {
