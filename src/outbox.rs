@@ -57,7 +57,7 @@ pub enum Refused {
 /// Applies `submission` now, or queues it in `outbox` when it cannot reach Redis.
 pub async fn accept(delivery: &Delivery, outbox: Option<&Outbox>, submission: Submission, window: Duration) -> Result<Accepted, Refused> {
     // Behind queued submissions, a new one waits its turn: the outbox keeps their order.
-    let queued_before = outbox.is_some_and(|o| o.len() > 0);
+    let queued_before = outbox.is_some_and(|o| !o.is_empty());
     if !queued_before {
         match submit(delivery, &submission, window).await {
             Ok(id) => return Ok(Accepted::Done(id)),

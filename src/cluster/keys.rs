@@ -46,7 +46,6 @@ pub(crate) use redis_key;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     #[test]
     fn names_carry_the_prefix() {

@@ -99,16 +99,13 @@ impl Sharded {
     /// `SSUBSCRIBE`; while there is no connection yet, recorded and applied when it is made.
     pub async fn subscribe(&self, channel: &str) {
         self.wanted().insert(channel.to_string());
+        // Without a connection yet, subscribed when it is made: at the driver's next connection
+        // or health check (never waiting here: Herald starts while Redis is down).
         let current = self.connection.lock().await.clone();
-        match current {
-            Some(mut connection) => {
-                if let Err(e) = connection.ssubscribe(channel).await {
-                    tracing::warn!(error = %e, channel, "sharded subscription failed; the cluster connection retries it");
-                }
+        if let Some(mut connection) = current {
+            if let Err(e) = connection.ssubscribe(channel).await {
+                tracing::warn!(error = %e, channel, "sharded subscription failed; the cluster connection retries it");
             }
-            // Subscribed when the connection is made: at the driver's next connection or
-            // health check (never waiting here: Herald starts while Redis is down).
-            None => {}
         }
     }
 

@@ -211,7 +211,7 @@ impl RedisPresence {
             .arg("EX")
             .arg(ttl)
             .cmd("HSETNX")
-            .arg(&instances_key())
+            .arg(instances_key())
             .arg(&self.instance)
             .arg(now_ms())
             .query_async(conn)
@@ -223,7 +223,7 @@ impl RedisPresence {
 
     /// Finds dead instances and removes their part (one instance claims each).
     async fn reap(&self, conn: &mut ConnectionManager) -> Result<(), String> {
-        let instances: HashMap<String, u64> = redis::cmd("HGETALL").arg(&instances_key()).query_async(conn).await.map_err(|e| e.to_string())?;
+        let instances: HashMap<String, u64> = redis::cmd("HGETALL").arg(instances_key()).query_async(conn).await.map_err(|e| e.to_string())?;
         let others: Vec<(&String, &u64)> = instances.iter().filter(|(i, _)| **i != self.instance).collect();
         if others.is_empty() {
             return Ok(());
@@ -255,7 +255,7 @@ impl RedisPresence {
             if claimed.is_none() {
                 continue;
             }
-            let _: i64 = redis::cmd("HDEL").arg(&instances_key()).arg(instance.as_str()).query_async(conn).await.map_err(|e| e.to_string())?;
+            let _: i64 = redis::cmd("HDEL").arg(instances_key()).arg(instance.as_str()).query_async(conn).await.map_err(|e| e.to_string())?;
             let removed = self.remove_instance(conn, instance).await?;
             tracing::info!(instance = %instance, users = removed, "instance gone: its users go offline after the grace");
         }
@@ -278,7 +278,7 @@ impl Backend for RedisPresence {
             let mut gone = Vec::new();
             for entry in ending {
                 let Some((scope, user)) = parse_member(&entry) else {
-                    let _: i64 = redis::cmd("ZREM").arg(&leaving_key()).arg(&entry).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+                    let _: i64 = redis::cmd("ZREM").arg(leaving_key()).arg(&entry).query_async(&mut conn).await.map_err(|e| e.to_string())?;
                     continue;
                 };
                 let [counts, state, leaving, _, _, members] = keys(&scope, &user, &self.instance);
@@ -332,7 +332,7 @@ impl Backend for RedisPresence {
                     .cmd("HGETALL")
                     .arg(redis_key!("pd:{user}"))
                     .cmd("HGETALL")
-                    .arg(&instances_key())
+                    .arg(instances_key())
                     .query_async(&mut conn)
                     .await
                     .map_err(|e| e.to_string())?;

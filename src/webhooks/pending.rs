@@ -169,7 +169,7 @@ impl Pending for RedisPending {
     fn schedule_unread(&self, entry: String, due: u64) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let mut conn = self.conn().await?;
-            redis::cmd("ZADD").arg(&unread_key()).arg(due).arg(entry).query_async(&mut conn).await.map_err(|e| e.to_string())
+            redis::cmd("ZADD").arg(unread_key()).arg(due).arg(entry).query_async(&mut conn).await.map_err(|e| e.to_string())
         })
     }
 
@@ -180,7 +180,7 @@ impl Pending for RedisPending {
             let mut mine = Vec::new();
             for entry in entries {
                 // Whoever removes an entry checks it.
-                let removed: i64 = redis::cmd("ZREM").arg(&unread_key()).arg(&entry).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+                let removed: i64 = redis::cmd("ZREM").arg(unread_key()).arg(&entry).query_async(&mut conn).await.map_err(|e| e.to_string())?;
                 if removed == 1 {
                     mine.push(entry);
                 }
