@@ -305,7 +305,7 @@ def per_scenario(rows):
         def cells(s, ing=ing, batch=batch, common=common, fbest=fbest, fc=fc):
             na = next((r for r in rows if r.get("server") == s and r.get("ingress") == ing and r.get("status") == "n/a"), None)
             if na:
-                return ["n/a: " + na.get("reason", ""), "", "", ""]
+                return ["n/a: " + na.get("reason", ""), "", "", "", ""]
             best, peak = best_targeted(rows, s, ing, batch)
             if not best and not peak:
                 return None
@@ -320,9 +320,16 @@ def per_scenario(rows):
             cpu = "–"
             if c and c.get("cpu_secs_per_100k_deliveries") is not None:
                 cpu = fmt(c["cpu_secs_per_100k_deliveries"], 2) + times(c["cpu_secs_per_100k_deliveries"], fc.get("cpu_secs_per_100k_deliveries"))
-            return [sustained, f"{fmt(b.get('p50_ms'))} / {fmt(b.get('p99_ms'))}" , brk, cpu]
+            # CPU at this server's highest sustained step, against the floor's at the same step
+            own = "–"
+            if best and best.get("cpu_secs_per_100k_deliveries") is not None:
+                f_same = at(FLOOR, best["rate_target"]) or {}
+                own = (f"{fmt(best['rate_target'], 0)}/s: {fmt(best['cpu_secs_per_100k_deliveries'], 2)}"
+                       + times(best["cpu_secs_per_100k_deliveries"], f_same.get("cpu_secs_per_100k_deliveries")))
+            return [sustained, f"{fmt(b.get('p50_ms'))} / {fmt(b.get('p99_ms'))}", brk, cpu, own]
         table(f"targeted, {label}", ["best sustained (delivered/s)", "p50 / p99 ms there", "first step that breaks",
-                                     f"server CPU-s per 100k deliveries at {fmt(common, 0) if common else '–'}/s offered"], cells)
+                                     f"server CPU-s per 100k deliveries at {fmt(common, 0) if common else '–'}/s offered",
+                                     "the same at its highest sustained step"], cells)
     return "\n".join(out)
 
 
