@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
     --append) APPEND=1 ;;
     --scenarios) SCENARIOS="$2"; shift ;;
     --polling-share) POLL_OPT="$2"; shift ;;
-    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
