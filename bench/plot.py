@@ -7,7 +7,8 @@ Reads OUTDIR/results.jsonl (and each other dir's results.jsonl), writes into OUT
   latency_vs_connections.png  fan-out: time until the last socket has the message, vs room size
   latency_vs_rate.png         targeted: end-to-end p50/p99 and delivered/s vs offered rate
   cpu_efficiency.png          deliveries per server CPU-second
-  summary.md                  side-by-side table
+  summary.md                  side-by-side table, then one table per scenario with every server's
+                              figures as a multiple of the Rust floor's (floor-rust), when it ran
 """
 import json
 import math
@@ -20,8 +21,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"herald": "tab:red", "node": "tab:green", "python": "tab:blue", "flask": "tab:purple"}
-ORDER = ["herald", "node", "python", "flask"]
+COLORS = {"herald": "tab:red", "node": "tab:green", "python": "tab:blue", "flask": "tab:purple",
+          "floor-rust": "tab:gray", "floor-node": "tab:olive"}
+ORDER = ["herald", "node", "python", "flask", "floor-rust", "floor-node"]
+FLOOR = "floor-rust"  # the reference of the per-scenario tables' multiples
 
 
 def load(dirs):
@@ -216,10 +219,118 @@ def summary(rows, out):
         if "herald" in ss:
             row(f"Herald advantage, {name}", lambda s, i=i: ("–" if s == "herald" or not eff[s][i] or not eff["herald"][i]
                                                            else f"{eff['herald'][i] / eff[s][i]:.1f}x"))
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n" + per_scenario(rows)
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)
     print(text)
+
+
+def times(x, ref):
+    """` (×r)`: x as a multiple of the floor's figure ref."""
+    if not isinstance(x, (int, float)) or not isinstance(ref, (int, float)) or not ref or math.isnan(x) or math.isnan(ref):
+        return ""
+    r = x / ref
+    return f" (×{r:.2f})" if r < 10 else f" (×{r:.0f})"
+
+
+def per_scenario(rows):
+    """One table per scenario, a row per server; (×r) = that server's figure ÷ floor-rust's."""
+    ss = servers(rows)
+    out = ["", f"Per scenario; (×r) is the server's figure divided by the Rust floor's ({FLOOR}).", ""]
+
+    def table(title, header, cells):
+        out.append(f"**{title}**")
+        out.append("")
+        out.append("| server | " + " | ".join(header) + " |")
+        out.append("|---|" + "---|" * len(header))
+        for s in ss:
+            c = cells(s)
+            if c is not None:
+                out.append(f"| {s} | " + " | ".join(c) + " |")
+        out.append("")
+
+    def one(scenario, key, val):
+        return lambda s: next((r for r in rows if r.get("scenario") == scenario and r.get("server") == s and r.get(key) == val), None)
+
+    for n in sorted({r["conns"] for r in rows if r.get("scenario") == "connect"}):
+        get = one("connect", "conns", n)
+        f = get(FLOOR) or {}
+
+        def cells(s, get=get, f=f, n=n):
+            r = get(s)
+            if not r:
+                return None
+            mb = (r.get("rss_after_kb") or 0) / 1024
+            fmb = (f.get("rss_after_kb") or 0) / 1024 or None
+            return [f"{r['connected']}/{n} ({r.get('polling', 0)} polling)",
+                    fmt(r.get("connect_rate"), 0) + times(r.get("connect_rate"), f.get("connect_rate")),
+                    fmt(r.get("rss_per_conn_kb")) + times(r.get("rss_per_conn_kb"), f.get("rss_per_conn_kb")),
+                    fmt(mb) + times(mb, fmb),
+                    fmt(r.get("server_cpu_secs_connect"), 2) + times(r.get("server_cpu_secs_connect"), f.get("server_cpu_secs_connect"))]
+        table(f"connect {n} (each socket joins a room, held 3 s)",
+              ["connected", "connects/s", "RSS KB per connection", "server RSS MB", "server CPU-s connecting"], cells)
+
+    for n in sorted({r["conns"] for r in rows if r.get("scenario") == "fanout"}):
+        get = one("fanout", "conns", n)
+        f = get(FLOOR) or {}
+
+        def cells(s, get=get, f=f):
+            r = get(s)
+            if not r:
+                return None
+            return [f"{r.get('deliveries')}/{r.get('expected_deliveries')}",
+                    fmt(r.get("last_socket_p50_ms")) + times(r.get("last_socket_p50_ms"), f.get("last_socket_p50_ms")),
+                    fmt(r.get("last_socket_p99_ms")) + times(r.get("last_socket_p99_ms"), f.get("last_socket_p99_ms")),
+                    fmt(r.get("server_cpu_ms_per_message")) + times(r.get("server_cpu_ms_per_message"), f.get("server_cpu_ms_per_message")),
+                    fmt(r.get("deliveries_per_cpu_sec"), 0) + times(r.get("deliveries_per_cpu_sec"), f.get("deliveries_per_cpu_sec"))]
+        msgs = max((r.get("messages") or 0) for r in rows if r.get("scenario") == "fanout" and r.get("conns") == n)
+        table(f"fan-out to {n} sockets ({msgs} notifications, one at a time)",
+              ["delivered", "last socket p50 ms", "last socket p99 ms", "server CPU ms per message", "deliveries per CPU-s"], cells)
+
+    for ing, batch, label in (("http", 1, "HTTP, 1 user per request"), ("http", 100, "HTTP, 100 users per request"),
+                              ("redis", 1, "Redis PUBLISH notify:user:<id>")):
+        steps = [r for r in rows if r.get("scenario") == "targeted" and r.get("ingress", "http") == ing
+                 and r.get("batch", 1) == batch and r.get("rate_target")]
+        if not steps:
+            continue
+        # the highest offered rate every server that ran sustained: CPU compared at equal load
+        ran = {r["server"] for r in steps}
+        ok_rates = [rate for rate in sorted({r["rate_target"] for r in steps})
+                    if all(any(r["server"] == s and r["rate_target"] == rate and not r.get("broke") for r in steps) for s in ran)]
+        common = ok_rates[-1] if ok_rates else None
+        at = lambda s, rate: next((r for r in steps if r["server"] == s and r["rate_target"] == rate), None)
+        fbest, _ = best_targeted(rows, FLOOR, ing, batch)
+        fc = (at(FLOOR, common) or {}) if common else {}
+
+        def cells(s, ing=ing, batch=batch, common=common, fbest=fbest, fc=fc):
+            na = next((r for r in rows if r.get("server") == s and r.get("ingress") == ing and r.get("status") == "n/a"), None)
+            if na:
+                return ["n/a: " + na.get("reason", ""), "", "", "", ""]
+            best, peak = best_targeted(rows, s, ing, batch)
+            if not best and not peak:
+                return None
+            b = best or peak
+            fb = fbest or {}
+            sustained = (fmt(b.get("delivered_per_sec"), 0) + "/s" + times(b.get("delivered_per_sec"), fb.get("delivered_per_sec"))
+                         + ("" if best else " (broke at the first step)"))
+            broke = next((r for r in sorted((r for r in steps if r["server"] == s), key=lambda r: r["rate_target"]) if r.get("broke")), None)
+            brk = (f"{fmt(broke['rate_target'], 0)}/s → {fmt(broke.get('delivered_per_sec'), 0)}/s, p99 {fmt(broke.get('p99_ms'))} ms"
+                   if broke else "– (highest step held)")
+            c = at(s, common) if common else None
+            cpu = "–"
+            if c and c.get("cpu_secs_per_100k_deliveries") is not None:
+                cpu = fmt(c["cpu_secs_per_100k_deliveries"], 2) + times(c["cpu_secs_per_100k_deliveries"], fc.get("cpu_secs_per_100k_deliveries"))
+            # CPU at this server's highest sustained step, against the floor's at the same step
+            own = "–"
+            if best and best.get("cpu_secs_per_100k_deliveries") is not None:
+                f_same = at(FLOOR, best["rate_target"]) or {}
+                own = (f"{fmt(best['rate_target'], 0)}/s: {fmt(best['cpu_secs_per_100k_deliveries'], 2)}"
+                       + times(best["cpu_secs_per_100k_deliveries"], f_same.get("cpu_secs_per_100k_deliveries")))
+            return [sustained, f"{fmt(b.get('p50_ms'))} / {fmt(b.get('p99_ms'))}", brk, cpu, own]
+        table(f"targeted, {label}", ["best sustained (delivered/s)", "p50 / p99 ms there", "first step that breaks",
+                                     f"server CPU-s per 100k deliveries at {fmt(common, 0) if common else '–'}/s offered",
+                                     "the same at its highest sustained step"], cells)
+    return "\n".join(out)
 
 
 def main():

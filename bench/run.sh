@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Herald benchmarks: Herald vs Node socket.io 4.8 vs python-socketio 5 (ASGI, uvicorn) vs
-# Flask-SocketIO 5 (gevent).
+# Flask-SocketIO 5 (gevent), and the two floors: minimal WebSocket broadcasters in Rust
+# (bench/floor-rust, tokio-tungstenite) and Node (bench/floor-node, ws) that do the least the
+# scenarios need (BENCHMARKS.md, "Floors").
 #
-#   bench/run.sh                 small sizes (1k connections), all four servers
+#   bench/run.sh                 small sizes (1k connections), all six servers
 #   bench/run.sh --full          big sizes: 19k connections, fan-out to 1k/10k/19k, targeted at 10k
 #   bench/run.sh --smoke         a few hundred connections against Herald only (< 60 s once built);
 #                                exits non-zero if the tool cannot connect or receive
-#   options: --servers herald,node,python,flask   --out DIR (default bench/results/<mode>;
-#            smoke: $TMPDIR/herald-bench-smoke)
+#   options: --servers herald,node,python,flask,floor-rust,floor-node
+#            --out DIR (default bench/results/<mode>; smoke: $TMPDIR/herald-bench-smoke)
 #            --skip-build  (use the binaries / node_modules / venv already there)
 #            --append      keep other servers' results in DIR/results.jsonl (re-run some servers only)
 #            --scenarios connect,fanout,targeted,redis   (default: all)
+#            --polling-share F  share of long-polling clients in connect/fan-out (default 0 in
+#                          small and full: the floors speak WebSocket only, so every server gets
+#                          the same all-WebSocket load; 0.05 in smoke). The floors always get 0.
 #
 # Everything targets 127.0.0.1 only; every load is bounded in count and time (--max-secs), and each
 # process (servers and load generators) is held to at most 20,000 open files.
@@ -19,7 +24,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 MODE=small
-SERVERS=herald,node,python,flask
+SERVERS=herald,node,python,flask,floor-rust,floor-node
+POLL_OPT=""
 OUT=""
 SKIP_BUILD=0
 APPEND=0
@@ -34,7 +40,8 @@ while [ $# -gt 0 ]; do
     --skip-build) SKIP_BUILD=1 ;;
     --append) APPEND=1 ;;
     --scenarios) SCENARIOS="$2"; shift ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    --polling-share) POLL_OPT="$2"; shift ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -69,6 +76,7 @@ KEY="${BENCH_API_KEY:-bench-api-key}"
 if [ "$MODE" = smoke ]; then PROFILE=debug; else PROFILE=release; fi
 LOADGEN="$HERE/loadgen/target/$PROFILE/herald-loadgen"
 HERALD="${HERALD_BIN:-$ROOT/target/$PROFILE/herald}"
+FLOOR_RUST="$HERE/floor-rust/target/$PROFILE/herald-floor"
 PIDS=()
 
 log() { echo "[run.sh $(date -u +%H:%M:%S)] $*" >&2; }
@@ -95,12 +103,23 @@ if [ "$SKIP_BUILD" = 0 ]; then
   else
     cargo build --quiet --manifest-path "$HERE/loadgen/Cargo.toml"
   fi
+  if has floor-rust; then
+    log "building floor-rust ($PROFILE)"
+    if [ "$PROFILE" = release ]; then
+      cargo build --release --quiet --manifest-path "$HERE/floor-rust/Cargo.toml"
+    else
+      cargo build --quiet --manifest-path "$HERE/floor-rust/Cargo.toml"
+    fi
+  fi
   if has herald && [ -z "${HERALD_BIN:-}" ]; then
     log "building herald ($PROFILE)"
     if [ "$PROFILE" = release ]; then (cd "$ROOT" && cargo build --release --quiet); else (cd "$ROOT" && cargo build --quiet --bins); fi
   fi
   if has node && [ ! -d "$HERE/node-server/node_modules" ]; then
     log "npm ci"; (cd "$HERE/node-server" && npm ci --no-audit --no-fund --silent)
+  fi
+  if has floor-node && [ ! -d "$HERE/floor-node/node_modules" ]; then
+    log "npm ci (floor-node)"; (cd "$HERE/floor-node" && npm ci --no-audit --no-fund --silent)
   fi
   if has python || has flask || [ "$MODE" != smoke ]; then
     if [ ! -x "$HERE/.venv/bin/uvicorn" ] || ! cmp -s "$HERE/python-server/requirements.txt" "$HERE/.venv/requirements.txt"; then
@@ -152,6 +171,15 @@ start_server() { # name [redis]
       (cd "$HERE/python-server" && PORT="$PORT" JWT_SECRET="$SECRET" API_KEYS="$KEY" REDIS_URL="$redis_url" \
         exec "$HERE/.venv/bin/python" flask_app.py) > "$OUT/flask.log" 2>&1 &
       ;;
+    floor-rust)
+      env HOST=127.0.0.1 PORT="$PORT" JWT_SECRET="$SECRET" API_KEYS="$KEY" REDIS_URL="$redis_url" \
+        "$FLOOR_RUST" > "$OUT/floor-rust.log" 2>&1 &
+      ;;
+    floor-node)
+      (cd "$HERE/floor-node" && HOST=127.0.0.1 PORT="$PORT" JWT_SECRET="$SECRET" API_KEYS="$KEY" REDIS_URL="$redis_url" \
+        exec node server.js) > "$OUT/floor-node.log" 2>&1 &
+      ;;
+    *) log "unknown server $name"; return 1 ;;
   esac
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
@@ -200,29 +228,31 @@ case "$MODE" in
   small)
     CONNECT_SIZES="1000"; FANOUT_SIZES="1000"; FANOUT_MSGS=100; TARGET_CONNS=1000
     RATES_1="1000,2000,4000,8000"; RATES_B="5000,10000,20000,50000"; RATES_REDIS="2000,5000,10000,20000"
-    STEP=3; WORKERS=2; MAXS=30; POLL=0.02 ;;
+    STEP=3; WORKERS=2; MAXS=30; POLL=0 ;;
   full)
     CONNECT_SIZES="19000"; FANOUT_SIZES="1000 10000 19000"; FANOUT_MSGS=100; TARGET_CONNS=10000
     RATES_1="5000,10000,20000"; RATES_B="10000,25000,50000,100000,150000"; RATES_REDIS="5000,10000,20000,50000"
-    STEP=3; WORKERS=2; MAXS=120; POLL=0.01 ;;
+    STEP=3; WORKERS=2; MAXS=120; POLL=0 ;;
 esac
 
 # sizes can be overridden for a dry run of a mode at another scale
 CONNECT_SIZES="${BENCH_CONNECT_SIZES:-$CONNECT_SIZES}"; FANOUT_SIZES="${BENCH_FANOUT_SIZES:-$FANOUT_SIZES}"
 TARGET_CONNS="${BENCH_TARGET_CONNS:-$TARGET_CONNS}"; MAXS="${BENCH_MAX_SECS:-$MAXS}"
+POLL="${POLL_OPT:-$POLL}"
 
 run_server_suite() { # name
-  local name="$1"
+  local name="$1" poll="$POLL"
+  case "$name" in floor-*) poll=0 ;; esac # the floors speak WebSocket only
   start_server "$name" || { FAILED=$((FAILED + 1)); return; }
   want connect && for n in $CONNECT_SIZES; do
-    lg "$name" connect --conns "$n" --workers "$WORKERS" --polling-share "$POLL" --join-room team-updates \
+    lg "$name" connect --conns "$n" --workers "$WORKERS" --polling-share "$poll" --join-room team-updates \
       --connect-concurrency 64 --hold-secs 3 --max-secs "$MAXS" --tag "connect-$n"
   done
   local msgs="$FANOUT_MSGS"
   # python-socketio needs seconds per message at 10k+ sockets: fewer sends keep the run bounded
   if { [ "$name" = python ] || [ "$name" = flask ]; } && [ "$MODE" = full ]; then msgs=20; fi
   want fanout && for n in $FANOUT_SIZES; do
-    lg "$name" fanout --conns "$n" --workers "$WORKERS" --polling-share "$POLL" --join-room team-updates \
+    lg "$name" fanout --conns "$n" --workers "$WORKERS" --polling-share "$poll" --join-room team-updates \
       --messages "$msgs" --msg-timeout-secs 10 --max-secs "$MAXS" --tag "fanout-$n"
   done
   want targeted && lg "$name" targeted --conns "$TARGET_CONNS" --workers "$WORKERS" --rates "$RATES_1" --step-secs "$STEP" \
