@@ -217,6 +217,24 @@ impl ResilientDriver {
         Ok(Subscription { id, items, shared: self.shared.clone() })
     }
 
+    /// Like [`ResilientDriver::subscribe_stream`] for channels, on sharded pub/sub against a
+    /// Redis Cluster (and plain otherwise). With sharded pub/sub, [`Self::sharded_confirmations`]
+    /// tells when the subscription was made again, so that a gap can be caught up.
+    pub async fn subscribe_sharded(&self, channels: Vec<String>) -> Result<Subscription, DriverError> {
+        let Some(sharded) = &self.shared.sharded else { return self.subscribe_stream(channels, vec![]).await };
+        let (id, items) = self.shared.registry().add(channels.clone(), Vec::new(), SUBSCRIPTION_BUFFER)?;
+        self.shared.registry().sharded.insert(id);
+        for channel in &channels {
+            sharded.subscribe(channel).await;
+        }
+        Ok(Subscription { id, items, shared: self.shared.clone() })
+    }
+
+    /// Against a Redis Cluster: moves each time a sharded subscription was (re)confirmed.
+    pub fn sharded_confirmations(&self) -> Option<watch::Receiver<u64>> {
+        self.shared.sharded.as_ref().map(|s| s.confirmations())
+    }
+
     /// Stops the background task now, instead of when the last clone is dropped. Subscription
     /// streams end and later operations fail with [`DriverError::ShutDown`] or
     /// [`DriverError::Unavailable`].
@@ -347,6 +365,8 @@ struct Registry {
     adapter_channels: HashMap<String, SubscriberId>,
     /// The adapter's channels are on sharded pub/sub ([`Sharded`]), not on the plain connection.
     shard_adapter: bool,
+    /// Subscribers on sharded pub/sub ([`ResilientDriver::subscribe_sharded`]).
+    sharded: std::collections::HashSet<SubscriberId>,
     stopped: bool,
     drops: Drops,
 }
@@ -433,8 +453,11 @@ impl Registry {
         self.subscribers.retain(|_, subscriber| !subscriber.items.is_closed());
         self.adapter_channels.retain(|_, id| self.subscribers.contains_key(id));
         let mut wanted = Wanted::default();
-        let sharded: std::collections::HashSet<SubscriberId> =
-            if self.shard_adapter { self.adapter_channels.values().copied().collect() } else { Default::default() };
+        self.sharded.retain(|id| self.subscribers.contains_key(id));
+        let mut sharded = self.sharded.clone();
+        if self.shard_adapter {
+            sharded.extend(self.adapter_channels.values().copied());
+        }
         for (id, subscriber) in &self.subscribers {
             if sharded.contains(id) {
                 continue;
@@ -493,7 +516,7 @@ async fn maintain_subscriptions(
                 shared.reachability.mark_up(&shared.redis_addr, opening_at_ms);
                 if let Some(sharded) = &shared.sharded {
                     let sharded = sharded.clone();
-                    tokio::spawn(async move { sharded.ensure().await });
+                    tokio::spawn(async move { sharded.reconnect().await });
                 }
                 match session.serve(&shared, &mut resync_requests, &mut stop).await {
                     SessionEnd::Stopped => break 'reconnect,

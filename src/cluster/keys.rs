@@ -21,6 +21,11 @@ pub fn use_cluster_form() {
     CLUSTER_FORM.store(true, Ordering::Relaxed);
 }
 
+/// Whether names take the cluster form (and Herald's relay uses sharded pub/sub).
+pub fn cluster_form() -> bool {
+    CLUSTER_FORM.load(Ordering::Relaxed)
+}
+
 /// `herald` or, against a Redis Cluster, `{herald}`.
 pub fn prefix() -> &'static str {
     if CLUSTER_FORM.load(Ordering::Relaxed) {

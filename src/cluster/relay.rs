@@ -127,8 +127,20 @@ fn decode_plain(payload: &[u8]) -> Result<(String, Command), String> {
 /// its plain sockets, until the subscription ends.
 pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registry>, node_id: String) {
     let (relay_name, plain_name) = (relay_channel(), plain_channel());
-    let channels = vec![relay_name.clone(), plain_name.clone(), node_channel(&node_id)];
-    let mut subscription = match driver.subscribe_stream(channels, vec![]).await {
+    // Against a Redis Cluster the relay channel is a shard channel (see `sharded.rs`).
+    let mut resubscribed = driver.sharded_confirmations();
+    let mut channels = vec![plain_name.clone(), node_channel(&node_id)];
+    if resubscribed.is_none() {
+        channels.push(relay_name.clone());
+    }
+    let subscribed = match resubscribed {
+        None => driver.subscribe_stream(channels, vec![]).await.map(|plain| plain.boxed()),
+        Some(_) => match (driver.subscribe_stream(channels, vec![]).await, driver.subscribe_sharded(vec![relay_name.clone()]).await) {
+            (Ok(plain), Ok(sharded)) => Ok(futures_util::stream::select(plain, sharded).boxed()),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        },
+    };
+    let mut subscription = match subscribed {
         Ok(subscription) => subscription,
         Err(e) => {
             tracing::error!(error = %e, "relay not subscribed: stored notifications from other instances will not arrive");
@@ -152,6 +164,11 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registr
                 if *states.borrow_and_update() == RedisState::Up {
                     catch_up(&driver, &delivery, &mut applied).await;
                 }
+                continue;
+            }
+            Some(()) = confirmed(&mut resubscribed) => {
+                // The sharded relay subscription was made again: something may have been missed.
+                catch_up(&driver, &delivery, &mut applied).await;
                 continue;
             }
         };
@@ -191,6 +208,14 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registr
                 tracing::warn!(error = %e, "malformed relay message skipped");
             }
         }
+    }
+}
+
+/// The next change of the sharded subscription's confirmations; never, without sharding.
+async fn confirmed(confirmations: &mut Option<tokio::sync::watch::Receiver<u64>>) -> Option<()> {
+    match confirmations {
+        Some(receiver) => receiver.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 

@@ -9,9 +9,12 @@
 //! module only makes it lazily (Redis may be down when Herald starts) and re-applies the wanted
 //! channels the first time it connects.
 //!
-//! Herald's own channels stay on the driver's plain subscription: they live in Herald's slot
-//! anyway (see [`super::keys`]), and the relay's catch-up relies on the one connection the driver
-//! watches. Backends' channels stay plain too: their publishers use `PUBLISH`.
+//! The relay channel (every stored notification, published by the append's Lua step with
+//! `SPUBLISH`) is a shard channel too: it lives in Herald's slot, so it spreads nothing, but it is
+//! no longer copied to every node of the cluster. Each time the cluster connection subscribes
+//! again (after a failover) [`Sharded::confirmations`] moves, and the relay catches up from its
+//! log. Herald's other channels (plain relay, liveness, which `PUBSUB NUMSUB` counts) stay on the
+//! driver's plain subscription; the backends' too: their publishers use `PUBLISH`.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,10 @@ pub type Delivered = (String, Vec<u8>);
 
 pub struct Sharded {
     client: ClusterClient,
+    /// Counts the subscription confirmations Redis sent (`ssubscribe` pushes): it moves each
+    /// time the cluster connection subscribed again (after a failover), and what was published
+    /// in between was missed.
+    confirmations: tokio::sync::watch::Sender<u64>,
     connection: tokio::sync::Mutex<Option<ClusterConnection>>,
     wanted: Mutex<BTreeSet<String>>,
 }
@@ -46,8 +53,13 @@ impl Sharded {
             .retries(2)
             .build()?;
         let (messages, receiver) = mpsc::unbounded_channel();
+        let confirmations = tokio::sync::watch::Sender::new(0u64);
+        let confirmed = confirmations.clone();
         tokio::spawn(async move {
             while let Some(push) = received.recv().await {
+                if push.kind == PushKind::SSubscribe {
+                    confirmed.send_modify(|n| *n += 1);
+                }
                 if push.kind != PushKind::SMessage {
                     continue;
                 }
@@ -61,7 +73,7 @@ impl Sharded {
                 }
             }
         });
-        Ok((Arc::new(Sharded { client, connection: tokio::sync::Mutex::new(None), wanted: Mutex::new(BTreeSet::new()) }), receiver))
+        Ok((Arc::new(Sharded { client, confirmations, connection: tokio::sync::Mutex::new(None), wanted: Mutex::new(BTreeSet::new()) }), receiver))
     }
 
     /// The cluster connection, made now if it does not exist yet (then subscribed to every
@@ -96,6 +108,15 @@ impl Sharded {
         }
     }
 
+    /// Drops the connection and makes a new one, subscribed to every wanted channel: the driver
+    /// calls this each time Redis is up again after an outage, so that the sharded subscriptions
+    /// are made on the cluster as it is now (the old connection might take a while to notice a
+    /// failover), and their confirmations tell the relay to catch up.
+    pub async fn reconnect(&self) {
+        self.connection.lock().await.take();
+        self.ensure().await;
+    }
+
     /// `SSUBSCRIBE`; while there is no connection yet, recorded and applied when it is made.
     pub async fn subscribe(&self, channel: &str) {
         self.wanted().insert(channel.to_string());
@@ -107,6 +128,11 @@ impl Sharded {
                 tracing::warn!(error = %e, channel, "sharded subscription failed; the cluster connection retries it");
             }
         }
+    }
+
+    /// Moves each time a sharded subscription was confirmed (made, or made again).
+    pub fn confirmations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.confirmations.subscribe()
     }
 
     /// Whether the cluster connection exists (or is being made now).

@@ -48,7 +48,7 @@ const CLAIM_WINDOW: Duration = Duration::from_secs(3);
 ///
 /// With an idempotency key (ARGV[10]) already stored, nothing happens and the first id comes
 /// back with `fresh` 0. With a relay message (ARGV[13]), the stored emit is published on the
-/// relay channel (ARGV[12]) as `<nid> <entry id>\n<message>` in the same atomic step, and kept in
+/// relay channel (ARGV[12], with ARGV[17]: `PUBLISH`, or `SPUBLISH` against a cluster) as `<nid> <entry id>\n<message>` in the same atomic step, and kept in
 /// the relay log `herald:relaylog` (ARGV[15]; the last ~50,000, under their entry ids): every instance
 /// receives stored emits in the order of their ids, a stored emit is never left unpublished, and
 /// an instance whose subscription had a gap reads what it missed from the log.
@@ -111,7 +111,7 @@ if idem ~= '' then
   redis.call('SET', idem, nid, 'PX', ARGV[11])
 end
 if ARGV[13] ~= '' then
-  redis.call('PUBLISH', ARGV[12], nid .. ' ' .. id .. '\n' .. ARGV[13])
+  redis.call(ARGV[17], ARGV[12], nid .. ' ' .. id .. '\n' .. ARGV[13])
   redis.call('XADD', ARGV[15], 'MAXLEN', '~', 50000, id, 'nid', nid, 'm', ARGV[13])
 end
 return {nid, 1}
@@ -347,7 +347,9 @@ impl Store for RedisStore {
                 .arg(relay.unwrap_or_default())
                 .arg(last_id_key())
                 .arg(relay_log_key())
-                .arg(if dedup.is_some() { "1" } else { "" });
+                .arg(if dedup.is_some() { "1" } else { "" })
+                // Against a Redis Cluster the relay channel is a shard channel of Herald's slot.
+                .arg(if crate::cluster::keys::cluster_form() { "SPUBLISH" } else { "PUBLISH" });
             let (nid, fresh): (String, i64) = self.query(&eval).await?;
             Ok(Appended { nid: parse_id(&nid)?, fresh: fresh == 1 })
         })
