@@ -133,6 +133,25 @@ impl Nodes {
         }
     }
 
+    /// The replica of the master on `master`.
+    fn replica_of(&self, master: u16) -> Option<u16> {
+        let id = self.cli(master, &["CLUSTER", "MYID"]);
+        self.ports().into_iter().find(|p| self.cli(*p, &["CLUSTER", "NODES"]).lines().any(|l| l.contains("myself") && l.contains(&format!("slave {id}"))))
+    }
+
+    /// Waits until the replica of `master` has received everything `master` has written
+    /// (replication is asynchronous: what a master acknowledged and did not send before dying is
+    /// gone, as the README says).
+    fn wait_replicated(&self, master: u16) {
+        let replica = self.replica_of(master).expect("the master has a replica");
+        let offset = |port: u16, key: &str| {
+            self.cli(port, &["INFO", "replication"]).lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        wait_for("the replica to have every write", Duration::from_secs(10), || {
+            offset(replica, "slave_repl_offset:").zip(offset(master, "master_repl_offset:")).is_some_and(|(r, m)| r >= m)
+        });
+    }
+
     /// The master serving the slot of Herald's keys, as the node on `port` sees it.
     fn herald_master(&self, port: u16) -> Option<u16> {
         let slot: u16 = self.cli(port, &["CLUSTER", "KEYSLOT", "{herald}:x"]).parse().ok()?;
@@ -216,7 +235,7 @@ async fn on_a_redis_cluster_delivery_and_storage_work_and_survive_a_master_failo
     drop(on_c);
     let (_, kept) = a.post("/api/v1/notify", json!({ "to": { "user": 70 }, "type": "t", "message": "kept" })).await;
     assert_eq!(on_b.next_notification().await.expect("delivered")["id"], kept["id"]);
-    std::thread::sleep(Duration::from_millis(300)); // the replica receives it
+    nodes.wait_replicated(master);
 
     let killed = Instant::now();
     nodes.kill(master);
@@ -303,11 +322,7 @@ async fn a_failover_that_keeps_the_old_master_alive_is_followed_too() {
         instance.wait_health("redis up through the cluster", |h| h["redis"] == "up").await;
     }
     let master = nodes.herald_master(ports[0]).unwrap();
-    let id = nodes.cli(master, &["CLUSTER", "MYID"]);
-    let replica = *ports
-        .iter()
-        .find(|p| nodes.cli(**p, &["CLUSTER", "NODES"]).lines().any(|l| l.contains("myself") && l.contains(&format!("slave {id}"))))
-        .expect("Herald's master has a replica");
+    let replica = nodes.replica_of(master).expect("Herald's master has a replica");
     let mut on_b = client(&b, "72", None).await;
     let (_, before) = a.post("/api/v1/notify", json!({ "to": { "user": 72 }, "type": "t", "message": "before" })).await;
     assert_eq!(on_b.next_notification().await.unwrap()["id"], before["id"]);
