@@ -152,11 +152,13 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registr
     // The relay log entry of the last stored emit applied here.
     let mut applied: Option<StreamId> = None;
     loop {
+        // Biased, the changes first: a subscription made again delivers its first messages only
+        // after its change is visible (the driver marks Redis up, the cluster connection confirms
+        // the subscription, before any message of the new subscription is passed on), and the gap
+        // must be caught up from the log before them. A live message applied first would move
+        // `applied` past the gap, and the catch-up would skip it.
         let (channel, payload) = tokio::select! {
-            message = subscription.next() => match message {
-                Some(message) => message,
-                None => return,
-            },
+            biased;
             changed = states.changed() => {
                 if changed.is_err() {
                     return;
@@ -171,6 +173,10 @@ pub async fn run(driver: ResilientDriver, delivery: Delivery, plain: Arc<Registr
                 catch_up(&driver, &delivery, &mut applied).await;
                 continue;
             }
+            message = subscription.next() => match message {
+                Some(message) => message,
+                None => return,
+            },
         };
         if channel == plain_name {
             match decode_plain(&payload) {
