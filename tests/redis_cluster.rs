@@ -12,14 +12,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::herald_process::HeraldProcess;
-use common::{TestClient, SECRET};
-use herald::auth::mint_dev_token;
+use common::herald_process::{HeraldProcess, welcomed_client as client, free_port, wait_for};
 use serde_json::json;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// The cluster's nodes, killed and their directories removed when the test ends.
 struct Nodes {
@@ -178,20 +173,7 @@ impl Drop for Nodes {
     }
 }
 
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
-async fn client(instance: &HeraldProcess, user: &str, last_id: Option<&str>) -> TestClient {
-    let token = mint_dev_token(SECRET, user, None, &[], 3600).unwrap();
-    let mut client = TestClient::connect(instance.addr(), "", Some(json!({ "token": token, "last_id": last_id })), "/").await.expect("connects");
-    assert_eq!(client.next_event("notification").await.expect("welcome")[0]["type"], "welcome");
-    client
-}
 
 #[tokio::test]
 async fn on_a_redis_cluster_delivery_and_storage_work_and_survive_a_master_failover() {

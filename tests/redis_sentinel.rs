@@ -6,19 +6,13 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::herald_process::HeraldProcess;
-use common::{TestClient, SECRET};
-use herald::auth::mint_dev_token;
+use common::herald_process::{HeraldProcess, welcomed_client as client, free_port, wait_for};
 use serde_json::json;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 struct Processes {
     dir: PathBuf,
@@ -55,20 +49,7 @@ fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
-async fn client(instance: &HeraldProcess, user: &str, last_id: Option<&str>) -> TestClient {
-    let token = mint_dev_token(SECRET, user, None, &[], 3600).unwrap();
-    let mut client = TestClient::connect(instance.addr(), "", Some(json!({ "token": token, "last_id": last_id })), "/").await.expect("connects");
-    assert_eq!(client.next_event("notification").await.expect("welcome")[0]["type"], "welcome");
-    client
-}
 
 #[tokio::test]
 async fn after_a_master_failover_delivery_resumes_by_itself_and_stored_notifications_remain() {

@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::herald_process::HeraldProcess;
-use common::{TestClient, SECRET};
-use herald::auth::mint_dev_token;
+use common::herald_process::{HeraldProcess, welcomed_client as client};
 use serde_json::{json, Value};
 
 /// A TLS-only `redis-server` (no plain port) with one ACL user, `herald` / `s3cret`.
@@ -73,13 +71,6 @@ impl Drop for TlsRedis {
     }
 }
 
-async fn client(instance: &HeraldProcess, user: &str, last_id: Option<&str>) -> TestClient {
-    let token = mint_dev_token(SECRET, user, None, &[], 3600).unwrap();
-    let auth = json!({ "token": token, "last_id": last_id });
-    let mut client = TestClient::connect(instance.addr(), "", Some(auth), "/").await.expect("connects");
-    assert_eq!(client.next_event("notification").await.expect("welcome")[0]["type"], "welcome");
-    client
-}
 
 async fn ready(instance: &HeraldProcess) -> (u16, Value) {
     let response = reqwest::get(instance.url("/ready")).await.unwrap();

@@ -202,6 +202,19 @@ pub struct RedisStore {
     max_age: Duration,
     set_id_if: Script,
     claim_key: Script,
+    /// The names every append passes to [`APPEND`], made once (they depend only on the
+    /// deployment's key form, see [`crate::cluster::keys`]).
+    append_names: AppendNames,
+}
+
+struct AppendNames {
+    relay_channel: String,
+    last_id: String,
+    relay_log: String,
+    /// `KEYS[1]` of an append without a dedup set: a key of Herald's slot all the same.
+    no_dedup: String,
+    /// `PUBLISH`, or `SPUBLISH` against a Redis Cluster (the relay channel is a shard channel).
+    publish: &'static str,
 }
 
 impl RedisStore {
@@ -230,6 +243,13 @@ impl RedisStore {
             max_age,
             set_id_if: Script::new(SET_ID_IF),
             claim_key: Script::new(CLAIM_KEY),
+            append_names: AppendNames {
+                relay_channel: relay_channel(),
+                last_id: last_id_key(),
+                relay_log: relay_log_key(),
+                no_dedup: redis_key!("dedup"),
+                publish: if crate::cluster::keys::cluster_form() { "SPUBLISH" } else { "PUBLISH" },
+            },
         })
     }
 
@@ -327,7 +347,10 @@ impl Store for RedisStore {
             // relies on appends reaching Redis in the order it sends them.
             let mut eval = redis::cmd("EVAL");
             eval.arg(APPEND).arg(1 + rooms.len());
-            eval.arg(dedup.map(|d| redis_key!("dedup:{}", d.key)).unwrap_or_else(|| redis_key!("dedup")));
+            match dedup {
+                Some(d) => eval.arg(redis_key!("dedup:{}", d.key)),
+                None => eval.arg(&self.append_names.no_dedup),
+            };
             for room in rooms {
                 eval.arg(stream_key(namespace, room));
             }
@@ -343,13 +366,12 @@ impl Store for RedisStore {
                 .arg(dedup.map_or(0, |d| d.listening_since_ms))
                 .arg(idempotency.map(|i| idempotency_key(i.key)).unwrap_or_default())
                 .arg(idempotency.map_or(0, |i| i.window.as_millis() as u64))
-                .arg(relay_channel())
+                .arg(&self.append_names.relay_channel)
                 .arg(relay.unwrap_or_default())
-                .arg(last_id_key())
-                .arg(relay_log_key())
+                .arg(&self.append_names.last_id)
+                .arg(&self.append_names.relay_log)
                 .arg(if dedup.is_some() { "1" } else { "" })
-                // Against a Redis Cluster the relay channel is a shard channel of Herald's slot.
-                .arg(if crate::cluster::keys::cluster_form() { "SPUBLISH" } else { "PUBLISH" });
+                .arg(self.append_names.publish);
             let (nid, fresh): (String, i64) = self.query(&eval).await?;
             Ok(Appended { nid: parse_id(&nid)?, fresh: fresh == 1 })
         })

@@ -159,3 +159,26 @@ fn uuid_like() -> String {
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// A socket of `user` on `instance` (token in `auth`, with `last_id` when given), past its welcome.
+pub async fn welcomed_client(instance: &HeraldProcess, user: &str, last_id: Option<&str>) -> super::TestClient {
+    let token = herald::auth::mint_dev_token(super::SECRET, user, None, &[], 3600).unwrap();
+    let auth = serde_json::json!({ "token": token, "last_id": last_id });
+    let mut client = super::TestClient::connect(instance.addr(), "", Some(auth), "/").await.expect("connects");
+    assert_eq!(client.next_event("notification").await.expect("welcome")[0]["type"], "welcome");
+    client
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` every 100 ms (blocking: for checks that run processes) until it holds.
+pub fn wait_for(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
