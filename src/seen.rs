@@ -38,8 +38,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
 
+use crate::cluster::driver::ResilientDriver;
 use crate::cluster::redis_state::RedisState;
 use crate::delivery::{stamp_id, Delivery};
 use crate::limits::ConnectionCounts;
@@ -65,8 +66,9 @@ pub struct SeenMarks {
     node_id: String,
     heartbeat_window: Duration,
     in_flight: Duration,
-    /// Cluster mode: the relay is only known to have delivered everything while Redis is up.
-    redis: std::sync::Mutex<Option<watch::Receiver<RedisState>>>,
+    /// Cluster mode: the relay is only known to have delivered everything while its
+    /// subscriptions are live (see [`Subscriptions`]).
+    relay: Option<Arc<dyn Subscriptions>>,
     book: std::sync::Mutex<Book>,
     /// Serializes writers of the queue (the periodic writer, and callers that flush).
     writing: Mutex<()>,
@@ -80,14 +82,33 @@ struct Book {
     queue: Vec<SessionWrite>,
     /// The batch being written now: taken from the queue, not in the store yet.
     in_flight: Vec<SessionWrite>,
-    /// Since when (unix ms) Redis has been up without a break, as far as flushes saw.
-    up_since: Option<u64>,
     /// The last flush failed: the next failure is not logged again (an outage logs once).
     failing: bool,
     /// Sockets that connected while their user was online, by user.
     watches: HashMap<String, Vec<Watch>>,
     /// Where the next flush's store checks of watched users begin.
     next_check: usize,
+}
+
+/// What the delivered mark needs to know of the subscriptions that bring stored notifications to
+/// this instance (cluster mode: the relay, through the Redis driver).
+pub trait Subscriptions: Send + Sync {
+    /// Since when (unix ms) the subscriptions have been live without a break; `None` while they
+    /// are not (Redis unreachable).
+    fn live_since_ms(&self) -> Option<u64>;
+    /// When the last break began (unix ms; 0: never): everything published before then had
+    /// reached them.
+    fn lost_at_ms(&self) -> u64;
+}
+
+impl Subscriptions for ResilientDriver {
+    fn live_since_ms(&self) -> Option<u64> {
+        (self.state() == RedisState::Up).then(|| self.listening_since_ms())
+    }
+
+    fn lost_at_ms(&self) -> u64 {
+        ResilientDriver::lost_at_ms(self)
+    }
 }
 
 /// How many watched users a flush checks in the store at most (the others wait their turn).
@@ -131,15 +152,14 @@ pub enum OtherTabs {
 }
 
 impl SeenMarks {
-    pub fn new(store: Arc<dyn Store>, node_id: &str, heartbeat_window: Duration, redis: Option<watch::Receiver<RedisState>>) -> SeenMarks {
-        let in_flight = if redis.is_some() { IN_FLIGHT } else { IN_FLIGHT_EMBEDDED };
-        let redis = std::sync::Mutex::new(redis);
+    pub fn new(store: Arc<dyn Store>, node_id: &str, heartbeat_window: Duration, relay: Option<Arc<dyn Subscriptions>>) -> SeenMarks {
+        let in_flight = if relay.is_some() { IN_FLIGHT } else { IN_FLIGHT_EMBEDDED };
         SeenMarks {
             store,
             node_id: node_id.to_string(),
             heartbeat_window,
             in_flight,
-            redis,
+            relay,
             book: Default::default(),
             writing: Mutex::new(()),
         }
@@ -340,27 +360,32 @@ impl SeenMarks {
         late
     }
 
+    /// What this instance can say it delivered at `now` (unix ms): every stored notification up
+    /// to the mark reached its sockets. `None`: nothing yet.
+    fn delivered_mark(&self, now: u64) -> Option<StreamId> {
+        let lag = self.in_flight.as_millis() as u64;
+        let Some(relay) = &self.relay else { return Some(StreamId::lagging_from(now, lag)) };
+        let delivered = StreamId::lagging_from(now, lag);
+        match relay.live_since_ms() {
+            // Live since before the mark: what was stored earlier arrived live, or, stored
+            // during the last break, by the relay's catch-up at the start of these subscriptions.
+            Some(since) if since < delivered.ms => Some(delivered),
+            // Within a break, or just after one (the catch-up may still be running): what was
+            // stored before the break began had arrived, and that much can still be said. (Not
+            // writing any mark here froze it for two flushes or more after every reconnect, so an
+            // instance that crashed soon after a Redis hiccup had its users replayed what it
+            // delivered seconds before the crash.)
+            _ => match relay.lost_at_ms() {
+                0 => None,
+                lost => Some(StreamId::lagging_from(lost.min(now), lag)),
+            },
+        }
+    }
+
     /// Writes this instance's delivered mark and retries what failed.
     async fn flush(&self) {
-        let now = now_ms();
-        // Up, and without a break since the previous flush (a change of state is a break).
-        let redis_up = match self.redis.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            None => true,
-            Some(redis) => {
-                let changed = redis.has_changed().unwrap_or(true);
-                *redis.borrow_and_update() == RedisState::Up && !changed
-            }
-        };
-        let up_since = {
-            let mut book = self.book();
-            book.up_since = if redis_up { Some(book.up_since.unwrap_or(now)) } else { None };
-            book.up_since
-        };
-        // Everything stored up to `in_flight` ago has reached this instance's sockets, if the
-        // relay ran all along since then.
-        let delivered = StreamId::lagging_from(now, self.in_flight.as_millis() as u64);
         let mut failed = None;
-        if up_since.is_some_and(|since| since < delivered.ms) {
+        if let Some(delivered) = self.delivered_mark(now_ms()) {
             if let Err(e) = self.store.write_node_mark(&self.node_id, delivered).await {
                 failed = Some(e);
             }
@@ -494,5 +519,44 @@ mod tests {
         let sessions = store.sessions("u").await.unwrap();
         assert!(sessions.nodes.is_empty(), "{sessions:?}");
         assert!(sessions.seen.is_some(), "the clean disconnect's mark is written");
+    }
+
+    /// Subscriptions that were lost at `lost` and are live again since `since` (unix ms).
+    struct Hiccup {
+        since: Option<u64>,
+        lost: u64,
+    }
+
+    impl Subscriptions for Hiccup {
+        fn live_since_ms(&self) -> Option<u64> {
+            self.since
+        }
+        fn lost_at_ms(&self) -> u64 {
+            self.lost
+        }
+    }
+
+    async fn mark_after_flush(relay: Hiccup) -> Option<StreamId> {
+        let store: Arc<dyn Store> = Arc::new(crate::store::sqlite::SqliteStore::open(None, "n", 10, Duration::from_secs(60)).unwrap());
+        let seen = SeenMarks::new(store.clone(), "n", Duration::from_secs(45), Some(Arc::new(relay)));
+        seen.flush().await;
+        store.node_marks(&["n".to_string()]).await.unwrap()[0].delivered
+    }
+
+    #[tokio::test]
+    async fn the_delivered_mark_keeps_up_with_what_arrived_before_a_redis_hiccup() {
+        let now = now_ms();
+        // Live for a while: everything up to IN_FLIGHT ago.
+        let mark = mark_after_flush(Hiccup { since: Some(now - 10_000), lost: 0 }).await.unwrap();
+        assert!(mark.ms + IN_FLIGHT.as_millis() as u64 <= now && mark.ms + 2_000 > now, "{mark}");
+        // Never live yet: nothing can be said.
+        assert_eq!(mark_after_flush(Hiccup { since: None, lost: 0 }).await, None);
+        // Lost 3 s ago, live again for 200 ms (its catch-up may still run), or still down: what
+        // had arrived before the loss (before, no mark at all until two flushes later, and an
+        // instance dying meanwhile had its users replayed seconds it had delivered).
+        for since in [Some(now - 200), None] {
+            let mark = mark_after_flush(Hiccup { since, lost: now - 3_000 }).await;
+            assert_eq!(mark, Some(StreamId::lagging_from(now - 3_000, IN_FLIGHT.as_millis() as u64)), "{since:?}");
+        }
     }
 }

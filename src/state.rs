@@ -91,7 +91,7 @@ impl AppState {
             delivery.store().clone(),
             &instance_id,
             settings.socketio.heartbeat_window(),
-            redis.as_ref().map(|r| r.watch_state()),
+            redis.as_ref().map(|r| Arc::new(r.clone()) as Arc<dyn crate::seen::Subscriptions>),
         ));
         Ok(AppState {
             node_id,

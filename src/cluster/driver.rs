@@ -184,6 +184,12 @@ impl ResilientDriver {
         self.shared.reachability.listening_since_ms()
     }
 
+    /// When the last established connection was lost (unix ms; 0 before the first loss): the
+    /// subscriptions had received everything published before then.
+    pub fn lost_at_ms(&self) -> u64 {
+        self.shared.reachability.lost_at_ms()
+    }
+
     pub fn state(&self) -> RedisState {
         self.shared.reachability.current()
     }

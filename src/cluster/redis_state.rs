@@ -28,6 +28,9 @@ pub(crate) struct Reachability {
     state: watch::Sender<RedisState>,
     outages: AtomicU64,
     listening_since_ms: AtomicU64,
+    /// When the last established connection was lost (unix ms; 0 before the first loss): the
+    /// subscriptions had received everything published before then.
+    lost_at_ms: AtomicU64,
     /// Set once the current period of unavailability has been logged, so that the retries that
     /// follow stay quiet.
     unavailability_logged: AtomicBool,
@@ -42,6 +45,7 @@ impl Reachability {
             state: watch::Sender::new(RedisState::Down),
             outages: AtomicU64::new(0),
             listening_since_ms: AtomicU64::new(0),
+            lost_at_ms: AtomicU64::new(0),
             unavailability_logged: AtomicBool::new(false),
             last_error: std::sync::Mutex::new(None),
         }
@@ -71,6 +75,11 @@ impl Reachability {
         self.listening_since_ms.load(Ordering::Relaxed)
     }
 
+    /// When the last established connection was lost (unix ms; 0 before the first loss).
+    pub(crate) fn lost_at_ms(&self) -> u64 {
+        self.lost_at_ms.load(Ordering::Relaxed)
+    }
+
     /// Records that subscriptions are live again, set up from `opened_at_ms` on.
     pub(crate) fn mark_up(&self, addr: &str, opened_at_ms: u64) {
         self.listening_since_ms.store(opened_at_ms, Ordering::Relaxed);
@@ -89,6 +98,7 @@ impl Reachability {
         let previous = self.state.send_replace(RedisState::Down);
         let already_logged = self.unavailability_logged.swap(true, Ordering::Relaxed);
         if previous == RedisState::Up {
+            self.lost_at_ms.store(crate::notification::now_ms(), Ordering::Relaxed);
             let outage = self.outages.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::warn!(
                 redis = addr,
