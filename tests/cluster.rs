@@ -493,3 +493,46 @@ async fn a_client_back_before_its_lost_connection_is_noticed_still_gets_what_it_
         drop(dead);
     }
 }
+
+/// The delivered mark `instance` wrote last, as it sits in Redis.
+fn delivered_mark(redis: &RedisServer, instance: &HeraldProcess) -> Option<String> {
+    let keys: Vec<String> = redis::from_redis_value(redis.command(&["KEYS", &format!("herald:delivered:{}@*", instance.node_id)])).unwrap();
+    let key = keys.first()?;
+    redis::from_redis_value(redis.command(&["GET", key])).unwrap()
+}
+
+#[tokio::test]
+async fn an_instance_that_crashes_soon_after_a_redis_hiccup_is_not_replayed_what_it_delivered_before() {
+    let redis = RedisServer::running();
+    let url = redis.url();
+    let (mut a, b) = tokio::join!(HeraldProcess::start("a", &url), HeraldProcess::start("b", &url));
+    for instance in [&a, &b] {
+        instance.wait_health("redis up", |h| h["redis"] == "up").await;
+    }
+    client(&a, "42").await.disconnect().await; // the user has been online before
+    let mut tab = client(&a, "42").await;
+    // Right after A writes its delivered mark (once a second), "before" reaches the tab, and
+    // A's subscriptions break and come back at once (as a Redis hiccup, or a health check that
+    // timed out under load, does).
+    let written = delivered_mark(&redis, &a);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while delivered_mark(&redis, &a) == written {
+        assert!(std::time::Instant::now() < deadline, "A writes its delivered mark every second");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let flushed = tokio::time::Instant::now();
+    b.post("/api/v1/notify", json!({ "to": { "user": 42 }, "type": "t", "message": "before" })).await;
+    assert_eq!(tab.next_notification().await.unwrap()["message"], "before");
+    redis.command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    // A crashes 2.6 s after that write: more than two seconds after it delivered "before", and
+    // after two more writes of its mark (the second one after its subscriptions have been back
+    // for a second). It used to write no mark at all for three flushes after the hiccup.
+    tokio::time::sleep_until(flushed + Duration::from_millis(2600)).await;
+    a.kill();
+    let gap = b.post("/api/v1/notify", json!({ "to": { "user": 42 }, "type": "t", "message": "gap" })).await.1;
+
+    let mut back = client(&b, "42").await;
+    let n = back.next_notification().await.expect("the gap is replayed");
+    assert_eq!((n["id"].clone(), n["message"].clone()), (gap["id"].clone(), json!("gap")), "nothing from before the crash again");
+    assert!(back.receives_nothing("notification", QUIET).await);
+}
