@@ -100,8 +100,12 @@ const SCAN_EVERY_MS: u64 = 1000;
 /// the database file, which takes milliseconds on most disks.
 const WAL_AUTOCHECKPOINT: i64 = 4000;
 
-/// SQLite's page cache, in KiB (its default is 2,000).
-const CACHE_KIB: i64 = 16 * 1024;
+/// SQLite's page cache, in KiB (its default is 2,000). Appends to many users' streams change
+/// pages all over `entries` (each stream's last page), and a page not in the cache is read back
+/// from the file before it is changed: with 16 MiB, a notification to 100 users among 10,000
+/// spent about 5 % of its CPU time in those reads; 64 MiB (filled only as the database grows)
+/// cut the CPU per delivery by about 10 % (BENCHMARKS.md, session 6).
+const CACHE_KIB: i64 = 64 * 1024;
 
 /// How many users' rooms are remembered as last written, so that a connect that grants the same
 /// rooms again writes nothing.
