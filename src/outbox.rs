@@ -55,11 +55,16 @@ pub enum Refused {
 }
 
 /// Applies `submission` now, or queues it in `outbox` when it cannot reach Redis.
-pub async fn accept(delivery: &Delivery, outbox: Option<&Outbox>, submission: Submission, window: Duration) -> Result<Accepted, Refused> {
+pub async fn accept(delivery: &Delivery, outbox: Option<&Outbox>, mut submission: Submission, window: Duration) -> Result<Accepted, Refused> {
     // Behind queued submissions, a new one waits its turn: the outbox keeps their order.
     let queued_before = outbox.is_some_and(|o| !o.is_empty());
     if !queued_before {
-        match submit(delivery, &submission, window).await {
+        // Without an outbox nothing keeps the submission after this: its parts are moved, not copied.
+        let parts = match outbox {
+            Some(_) => Parts::Copied(submission.parts.iter()),
+            None => Parts::Moved(std::mem::take(&mut submission.parts).into_iter()),
+        };
+        match submit(delivery, submission.key.as_deref(), submission.nid, parts, window).await {
             Ok(id) => return Ok(Accepted::Done(id)),
             Err(DeliveryError::Unavailable(e)) if outbox.is_some() => tracing::debug!(error = %e, "queued in the outbox"),
             Err(DeliveryError::Unavailable(e)) => return Err(Refused::Unavailable(e)),
@@ -84,20 +89,26 @@ pub async fn accept(delivery: &Delivery, outbox: Option<&Outbox>, submission: Su
 /// at once, so that the store takes them together (the embedded default commits them in one
 /// transaction, Redis pipelines them), and completed (delivered) in their order. A part that
 /// fails does not keep the others from being delivered; the first failure is the answer.
-async fn submit(delivery: &Delivery, submission: &Submission, window: Duration) -> Result<Option<StreamId>, DeliveryError> {
-    let keys: Vec<Option<String>> = (0..submission.parts.len()).map(|i| submission.key.as_ref().map(|k| format!("{k}#{i}"))).collect();
+async fn submit(
+    delivery: &Delivery,
+    key: Option<&str>,
+    nid: Option<StreamId>,
+    parts: Parts<'_>,
+    window: Duration,
+) -> Result<Option<StreamId>, DeliveryError> {
+    let keys: Vec<Option<String>> = (0..parts.len()).map(|i| key.map(|k| format!("{k}#{i}"))).collect();
     let origin = |i: usize, nid: Option<StreamId>| Origin {
         nid,
         idempotency: keys[i].as_deref().map(|key| Idempotency { key, window }),
         ..Origin::http()
     };
-    let mut id = submission.nid;
-    let mut parts = submission.parts.iter().enumerate();
+    let mut id = nid;
+    let mut parts = parts.enumerate();
     while id.is_none() {
         let Some((i, part)) = parts.next() else { return Ok(None) };
-        id = delivery.apply(part.clone(), origin(i, None)).await?;
+        id = delivery.apply(part, origin(i, None)).await?;
     }
-    let staged = join_all(parts.map(|(i, part)| delivery.stage(part.clone(), origin(i, id)))).await;
+    let staged = join_all(parts.map(|(i, part)| delivery.stage(part, origin(i, id)))).await;
     let mut failed = None;
     for staged in staged {
         if let Err(e) = delivery.complete(staged).await {
@@ -106,6 +117,33 @@ async fn submit(delivery: &Delivery, submission: &Submission, window: Duration) 
     }
     failed.map_or(Ok(id), Err)
 }
+
+/// The parts of a submission as [`submit`] applies them: copies of those the outbox may still
+/// have to keep, or the parts themselves.
+enum Parts<'a> {
+    Copied(std::slice::Iter<'a, Command>),
+    Moved(std::vec::IntoIter<Command>),
+}
+
+impl Iterator for Parts<'_> {
+    type Item = Command;
+
+    fn next(&mut self) -> Option<Command> {
+        match self {
+            Parts::Copied(parts) => parts.next().cloned(),
+            Parts::Moved(parts) => parts.next(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            Parts::Copied(parts) => parts.size_hint(),
+            Parts::Moved(parts) => parts.size_hint(),
+        }
+    }
+}
+
+impl ExactSizeIterator for Parts<'_> {}
 
 /// Submissions waiting for Redis, on disk, oldest first.
 pub struct Outbox {
@@ -202,7 +240,7 @@ pub async fn run(outbox: Arc<Outbox>, delivery: Delivery, mut redis: watch::Rece
                 tracing::error!(seq, "unreadable outbox entry dropped");
                 "dropped"
             }
-            Some(submission) => match submit(&delivery, &submission, window).await {
+            Some(submission) => match submit(&delivery, submission.key.as_deref(), submission.nid, Parts::Copied(submission.parts.iter()), window).await {
                 Ok(_) => "flushed",
                 Err(DeliveryError::Unavailable(e)) => {
                     tracing::debug!(error = %e, "outbox flush waits for Redis");

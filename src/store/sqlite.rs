@@ -100,12 +100,10 @@ const SCAN_EVERY_MS: u64 = 1000;
 /// the database file, which takes milliseconds on most disks.
 const WAL_AUTOCHECKPOINT: i64 = 4000;
 
-/// SQLite's page cache, in KiB (its default is 2,000). Appends to many users' streams change
-/// pages all over `entries` (each stream's last page), and a page not in the cache is read back
-/// from the file before it is changed: with 16 MiB, a notification to 100 users among 10,000
-/// spent about 5 % of its CPU time in those reads; 64 MiB (filled only as the database grows)
-/// cut the CPU per delivery by about 10 % (BENCHMARKS.md, session 6).
-const CACHE_KIB: i64 = 64 * 1024;
+/// SQLite's page cache, in KiB (its default is 2,000). (64 MiB was tried for appends to many
+/// users' streams, which read pages back from the file: no difference in the writer thread's CPU
+/// time, BENCHMARKS.md, session 6.)
+const CACHE_KIB: i64 = 16 * 1024;
 
 /// How many users' rooms are remembered as last written, so that a connect that grants the same
 /// rooms again writes nothing.
@@ -498,14 +496,29 @@ impl Core {
     /// others; the answers are given after the commit, so an `Ok` means committed. Ids are
     /// handed out in the group's order, and an idempotency key stored by an earlier job of the
     /// group makes a later one with the same key a duplicate, as in separate transactions.
+    ///
+    /// The group is first written without savepoints (a savepoint and its release for every
+    /// append cost an eighth of the CPU time of a notification to 100 users): when every append
+    /// succeeds, as nearly always, that is the result. When one fails, the whole transaction is
+    /// rolled back, the memory put back as it was, and the group written again `careful`ly, each
+    /// append in its savepoint, so that only the failing one fails.
     fn append_group(&self, jobs: &[Job]) -> Vec<Result<Appended, StoreError>> {
+        match self.write_group(jobs, false) {
+            Some(answers) => answers,
+            None => self.write_group(jobs, true).expect("a careful group always answers"),
+        }
+    }
+
+    /// [`append_group`](Self::append_group)'s two ways: `careful`, each append in a savepoint;
+    /// otherwise `None` when an append failed (nothing was kept).
+    fn write_group(&self, jobs: &[Job], careful: bool) -> Option<Vec<Result<Appended, StoreError>>> {
         let now = now_ms();
         let oldest_kept = self.oldest_kept(now);
         let mut guard = self.lock();
         let Inner { conn, last_id, streams, .. } = &mut *guard;
         let conn = &*conn;
         streams.scan(oldest_kept, now);
-        let all_failed = |e: &StoreError| jobs.iter().map(|_| Err(StoreError(e.0.clone()))).collect();
+        let all_failed = |e: &StoreError| Some(jobs.iter().map(|_| Err(StoreError(e.0.clone()))).collect());
         let write = match Write::begin(conn) {
             Ok(write) => write,
             Err(e) => return all_failed(&e),
@@ -515,7 +528,17 @@ impl Core {
         let mut undo: Vec<(&Job, Changed)> = Vec::with_capacity(jobs.len());
         for job in jobs {
             let mut changed = Vec::with_capacity(job.rooms.len());
-            let appended = savepoint(conn, || self.append_one(conn, last_id, streams, job, now, oldest_kept, &mut changed));
+            let mut append = || self.append_one(conn, last_id, streams, job, now, oldest_kept, &mut changed);
+            let appended = if careful { savepoint(conn, append) } else { append() };
+            if appended.is_err() && !careful {
+                // Undone with the transaction (`write` rolls back when dropped); the ids handed
+                // out meanwhile are skipped, which keeps them increasing.
+                streams.restore(&job.namespace, &job.rooms, changed);
+                for (job, changed) in undo.into_iter().rev() {
+                    streams.restore(&job.namespace, &job.rooms, changed);
+                }
+                return None;
+            }
             if appended.is_err() {
                 streams.restore(&job.namespace, &job.rooms, std::mem::take(&mut changed));
                 if conn.is_autocommit() {
@@ -556,7 +579,7 @@ impl Core {
                 if let Some(purged) = purged.filter(|_| !streams.idle.is_empty()) {
                     streams.purged(from, &purged);
                 }
-                answers
+                Some(answers)
             }
             Err(e) => {
                 for (job, changed) in undo.into_iter().rev() {
@@ -1601,8 +1624,6 @@ mod tests {
         let hot = [
             BEGIN,
             COMMIT,
-            SAVEPOINT,
-            RELEASE,
             INSERT_ENTRY,
             FIRST_KEPT,
             TRIM,
