@@ -18,8 +18,9 @@
 //! whole file, so that a damaged one is refused at startup rather than failing calls later.
 //!
 //! Group commit: appends (the hot path: every stored notification) are queued to one writer
-//! thread, which takes every append waiting, runs them in one transaction (a savepoint each, so
-//! that one failing append fails alone), commits, and only then answers each: an `Ok` still
+//! thread, which takes every append waiting, runs them in one transaction (when one fails, the
+//! transaction is rolled back and the group run again with a savepoint each, so that the failing
+//! append fails alone), commits, and only then answers each: an `Ok` still
 //! means committed, but concurrent requests (and the recipients of one request, which
 //! `outbox::submit` stages at once) share the commit's WAL write and the pages it rewrites (an
 //! append changes about ten pages of the WAL when alone, many fewer in a group: the same stream
