@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod configuration;
 pub mod connection;
 pub mod delivery;
+pub mod expiry;
 pub mod ingress;
 pub mod limits;
 pub mod metrics;

@@ -192,7 +192,7 @@ fn assemble<A: Adapter + DefinedAdapter>(
         .layer(socket_layer)
         .layer(axum::middleware::from_fn_with_state(state.clone(), routes::origin::enforce_origin))
         .layer(cors_layer(&state.settings.server.cors_origins)?);
-    let tasks = vec![tokio::spawn(watch_redis(state.clone()))];
+    let tasks = vec![tokio::spawn(watch_redis(state.clone())), tokio::spawn(socket::run_expiries(io, state.clone()))];
     Ok((router, state, tasks))
 }
 

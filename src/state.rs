@@ -49,6 +49,8 @@ pub struct AppState {
     pub ingress: Arc<IngressStatus>,
     /// This instance's plain WebSocket sockets (the delivery path applies commands to them too).
     pub plain: Arc<crate::plain::Registry>,
+    /// When each Socket.IO socket's token expires (one schedule, run by `socket::run_expiries`).
+    pub expiries: crate::expiry::Expiries,
     redis_reached: AtomicBool,
     draining: AtomicBool,
 }
@@ -113,6 +115,7 @@ impl AppState {
             redis,
             ingress: Arc::default(),
             plain,
+            expiries: Default::default(),
             redis_reached: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         })

@@ -24,6 +24,7 @@ use crate::auth::Refusal;
 use crate::connection::{self, client_ip, Admitted, Peer};
 pub(crate) use crate::connection::PresenceRooms;
 pub(crate) use events::refuse as refuse_room;
+pub use session::run_expiries;
 use crate::payload::Args;
 use crate::state::AppState;
 
@@ -100,7 +101,7 @@ impl<A: Adapter> Peer for SocketRef<A> {
 
 async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
     events::register(&socket, state.clone());
-    session::watch_expiry(state.clone(), socket.clone());
+    session::watch_expiry(&state, &socket);
     let disconnect_state = state.clone();
     socket.on_disconnect(move |socket: SocketRef<A>, reason: DisconnectReason| {
         let state = disconnect_state.clone();
@@ -117,6 +118,7 @@ async fn on_connect<A: Adapter>(socket: SocketRef<A>, state: Arc<AppState>) {
 async fn on_disconnect<A: Adapter>(state: &AppState, socket: &SocketRef<A>, reason: DisconnectReason) {
     state.metrics.inc("herald_disconnects_total", &[("reason", disconnect_reason(reason))]);
     tracing::debug!(sid = %socket.id, %reason, "disconnected");
+    state.expiries.forget(socket.id);
     let Some(Counted(admitted)) = socket.extensions.remove::<Counted>() else { return };
     let clean = matches!(
         reason,

@@ -2,7 +2,7 @@
 //! `auth:refresh`, or disconnected at expiry after an `auth:expired` event that says why.
 //!
 //! A refreshed token must name the same user; its `role` and `projects` may change, and the
-//! socket's rooms follow.
+//! socket's rooms follow. One task runs the schedule of every socket's token ([`crate::expiry`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,45 +10,66 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::SocketRef;
+use socketioxide::SocketIo;
 
 use crate::auth::{now_secs, Identity};
+use crate::expiry::{Due, Schedule};
 use crate::rooms::granted_rooms;
 use crate::state::AppState;
 
-/// Bumped on every refresh so that the watcher of an older token stands down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TokenGeneration(u64);
-
-/// Starts watching the socket's current token.
-pub fn watch_expiry<A: Adapter>(state: Arc<AppState>, socket: SocketRef<A>) {
+/// Starts watching the socket's current token (on connect, and again after each refresh, which
+/// replaces the watch).
+pub fn watch_expiry<A: Adapter>(state: &AppState, socket: &SocketRef<A>) {
     let Some(identity) = socket.extensions.get::<Identity>() else { return };
-    let generation = socket.extensions.get::<TokenGeneration>().map_or(0, |g| g.0 + 1);
-    socket.extensions.insert(TokenGeneration(generation));
-    let warning = state.settings.auth.expiry_warning_secs;
-    tokio::spawn(async move {
-        let current =
-            |socket: &SocketRef<A>| socket.connected() && socket.extensions.get::<TokenGeneration>() == Some(TokenGeneration(generation));
-        let expires_at = identity.expires_at;
-        let warn_at = expires_at.saturating_sub(warning);
-        sleep_until(warn_at).await;
-        if !current(&socket) {
-            return;
-        }
-        let notice = json!({ "expires_at": expires_at, "expires_in": expires_at.saturating_sub(now_secs()) });
-        let _ = socket.emit("auth:expiring", &notice);
-        sleep_until(expires_at).await;
-        if !current(&socket) {
-            return;
-        }
-        state.metrics.inc("herald_token_expiries_total", &[]);
-        let _ = socket.emit("auth:expired", &json!({ "reason": "token expired" }));
-        // Give the event a moment to leave before the disconnect packet.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let _ = socket.clone().disconnect();
-    });
+    let warn_at = identity.expires_at.saturating_sub(state.settings.auth.expiry_warning_secs);
+    state.expiries.watch(socket.id, socket.ns(), warn_at, identity.expires_at);
 }
 
-async fn sleep_until(epoch_secs: u64) {
+/// Runs the instance's token schedule ([`crate::expiry`]) until the application stops.
+pub async fn run_expiries<A: Adapter>(io: SocketIo<A>, state: Arc<AppState>) {
+    let Some(mut changes) = state.expiries.take_changes() else { return };
+    let mut schedule = Schedule::default();
+    loop {
+        let next = schedule.next_at();
+        tokio::select! {
+            change = changes.recv() => match change {
+                Some(change) => schedule.apply(change),
+                None => return,
+            },
+            () = sleep_until(next) => {
+                let now = now_secs();
+                while let Some(due) = schedule.pop_due(now) {
+                    step(&io, &state, due);
+                }
+            }
+        }
+    }
+}
+
+/// Sends what is due to the socket, if it is still connected here.
+fn step<A: Adapter>(io: &SocketIo<A>, state: &AppState, due: Due) {
+    let (Due::Warn { sid, namespace, .. } | Due::Expire { sid, namespace }) = &due;
+    let Some(socket) = io.of(namespace).and_then(|ns| ns.get_socket(*sid)).filter(|s| s.connected()) else { return };
+    match due {
+        Due::Warn { expires_at, .. } => {
+            let notice = json!({ "expires_at": expires_at, "expires_in": expires_at.saturating_sub(now_secs()) });
+            let _ = socket.emit("auth:expiring", &notice);
+        }
+        Due::Expire { .. } => {
+            state.metrics.inc("herald_token_expiries_total", &[]);
+            let _ = socket.emit("auth:expired", &json!({ "reason": "token expired" }));
+            tokio::spawn(async move {
+                // Give the event a moment to leave before the disconnect packet.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = socket.disconnect();
+            });
+        }
+    }
+}
+
+/// Until `epoch_secs` (unix seconds), or for ever.
+async fn sleep_until(epoch_secs: Option<u64>) {
+    let Some(epoch_secs) = epoch_secs else { return std::future::pending().await };
     let now = now_secs();
     if epoch_secs > now {
         tokio::time::sleep(Duration::from_secs(epoch_secs - now)).await;
@@ -74,7 +95,7 @@ pub fn refresh<A: Adapter>(state: &Arc<AppState>, socket: &SocketRef<A>, data: O
     socket.join(new_rooms);
     let expires_at = new.expires_at;
     socket.extensions.insert(new);
-    watch_expiry(state.clone(), socket.clone());
+    watch_expiry(state, socket);
     state.metrics.inc("herald_token_refreshes_total", &[("outcome", "ok")]);
     Ok(json!({ "ok": true, "expires_at": expires_at }))
 }
