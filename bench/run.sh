@@ -5,7 +5,8 @@
 # scenarios need (BENCHMARKS.md, "Floors").
 #
 #   bench/run.sh                 small sizes (1k connections), all six servers
-#   bench/run.sh --full          big sizes: 19k connections, fan-out to 1k/10k/19k, targeted at 10k
+#   bench/run.sh --full          big sizes: 19k connections, fan-out to 1k/3k/10k/19k, targeted at 10k
+#                                (then bench/tools/targets.py: issue 16's targets, in DIR/targets.md)
 #   bench/run.sh --smoke         a few hundred connections against Herald only (< 60 s once built);
 #                                exits non-zero if the tool cannot connect or receive
 #   options: --servers herald,node,python,flask,floor-rust,floor-node
@@ -230,7 +231,7 @@ case "$MODE" in
     RATES_1="1000,2000,4000,8000"; RATES_B="5000,10000,20000,50000"; RATES_REDIS="2000,5000,10000,20000"
     STEP=3; WORKERS=2; MAXS=30; POLL=0 ;;
   full)
-    CONNECT_SIZES="19000"; FANOUT_SIZES="1000 10000 19000"; FANOUT_MSGS=100; TARGET_CONNS=10000
+    CONNECT_SIZES="19000"; FANOUT_SIZES="1000 3000 10000 19000"; FANOUT_MSGS=100; TARGET_CONNS=10000
     RATES_1="5000,10000,20000"; RATES_B="10000,25000,50000,100000,150000"; RATES_REDIS="5000,10000,20000,50000"
     STEP=3; WORKERS=2; MAXS=120; POLL=0 ;;
 esac
@@ -290,6 +291,7 @@ log "done in $(( $(date +%s) - START ))s; $FAILED failed; results in $RESULTS"
 
 if [ "$MODE" != smoke ] && [ -x "$HERE/.venv/bin/python" ]; then
   "$HERE/.venv/bin/python" "$HERE/plot.py" "$OUT" || log "plot failed"
+  python3 "$HERE/tools/targets.py" "$OUT" > "$OUT/targets.md" && cat "$OUT/targets.md" || log "targets failed"
 fi
 echo "bench $MODE: $PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]

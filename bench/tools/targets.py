@@ -3,7 +3,12 @@
 
     python3 bench/tools/targets.py bench/results/full [bench/results/small ...]
 
-Prints a markdown table: target, measured, met / missed / not run.
+Prints two markdown tables (target, measured, met / missed / not run): the first targets
+(issue 7), then issue 16's, which compare Herald with Node socket.io in the same run: fan-out p99
+at 3,000 and 10,000 sockets, RSS per idle connection at 19,000, deliveries per CPU-second, Redis
+ingress and 100 users per request rates, and 100,000 sockets over 5 instances (bench/cluster.sh
+results). For those, pass the directories of one `bench/run.sh --full` run (and of
+`bench/cluster.sh`).
 """
 import json
 import os
@@ -95,6 +100,71 @@ def main():
         else:
             add(f"≥ {factor}x {name} in deliveries per CPU-second", "–", "not run")
     print("\n".join(out))
+    print()
+    print("\n".join(issue16(rows)))
+
+
+def issue16(rows):
+    """Issue 16's targets, Herald against Node socket.io measured in the same run."""
+    out = ["| target (issue 16) | measured | status |", "|---|---|---|"]
+
+    def add(target, measured, ok):
+        out.append(f"| {target} | {measured} | {'not run' if ok is None else ('met' if ok else 'missed')} |")
+
+    def of(server, scenario, pred=lambda r: True):
+        return [r for r in rows if r.get("server") == server and r.get("scenario") == scenario and pred(r)]
+
+    for n in (3000, 10000):
+        h = of("herald", "fanout", lambda r: r.get("members") == n and r.get("last_socket_p99_ms"))
+        o = of("node", "fanout", lambda r: r.get("members") == n and r.get("last_socket_p99_ms"))
+        if h and o:
+            hp, op = h[-1]["last_socket_p99_ms"], o[-1]["last_socket_p99_ms"]
+            add(f"fan-out to {n:,} sockets: p99 ≤ ½ of Node's", f"{hp:.1f} vs {op:.1f} ms ({hp / op:.2f}×)", hp <= op / 2)
+        else:
+            add(f"fan-out to {n:,} sockets: p99 ≤ ½ of Node's", "–", None)
+    h = of("herald", "connect", lambda r: r.get("conns", 0) >= 19000 and r.get("rss_per_conn_kb"))
+    o = of("node", "connect", lambda r: r.get("conns", 0) >= 19000 and r.get("rss_per_conn_kb"))
+    if h:
+        kb = h[-1]["rss_per_conn_kb"]
+        node = o[-1]["rss_per_conn_kb"] if o else None
+        add("RSS per idle connection ≤ 15 KB at 19,000, below Node", f"{kb:.1f} KB" + (f" (Node {node:.1f})" if node else ""),
+            kb <= 15 and (node is None or kb < node))
+    else:
+        add("RSS per idle connection ≤ 15 KB at 19,000, below Node", "–", None)
+    parts, oks = [], []
+    for label, scen, pred in (("fan-out", "fanout", lambda r: True),
+                              ("1 user/request", "targeted", lambda r: r.get("ingress") == "http" and r.get("batch") == 1),
+                              ("100 users/request", "targeted", lambda r: r.get("ingress") == "http" and r.get("batch") == 100)):
+        h, o = eff(rows, "herald", scen, pred), eff(rows, "node", scen, pred)
+        if h and o:
+            ratio = max(r["deliveries_per_cpu_sec"] for r in h) / max(r["deliveries_per_cpu_sec"] for r in o)
+            parts.append(f"{label} {ratio:.1f}×")
+            oks.append(ratio >= 3)
+    add("deliveries per CPU-second ≥ 3× Node's (fan-out, targeted)", ", ".join(parts) or "–", all(oks) if oks else None)
+
+    def best(server, pred):
+        steps = of(server, "targeted", lambda r: pred(r) and r.get("conns", 0) >= 10000 and not r.get("broke"))
+        return max(steps, key=lambda r: r.get("delivered_per_sec") or 0, default=None)
+
+    h, o = best("herald", lambda r: r.get("ingress") == "redis"), best("node", lambda r: r.get("ingress") == "redis")
+    if h:
+        node = f"; Node {o['delivered_per_sec']:,.0f}/s at p99 {o['p99_ms']:.0f} ms" if o else ""
+        add("Redis ingress, every notification stored: ≥ 40,000/s", f"{h['delivered_per_sec']:,.0f}/s at p99 {h['p99_ms']:.0f} ms{node}",
+            h["delivered_per_sec"] >= 40000 * 0.95)
+    else:
+        add("Redis ingress, every notification stored: ≥ 40,000/s", "–", None)
+    h = best("herald", lambda r: r.get("ingress") == "http" and r.get("batch") == 100)
+    add("HTTP, 100 users per request: ≥ 150,000 deliveries/s", f"{h['delivered_per_sec']:,.0f}/s" if h else "–",
+        None if h is None else h["delivered_per_sec"] >= 150000 * 0.95)
+    c = [r for r in rows if r.get("scenario") == "fanout" and str(r.get("server", "")).startswith("herald-x") and r.get("members", 0) >= 99000]
+    if c:
+        r = c[-1]
+        add("100,000 sockets over 5 instances: a broadcast reaches every socket, p99 ≤ 1 s",
+            f"{r['deliveries']:,}/{r['expected_deliveries']:,} delivered, last socket p99 {r['last_socket_p99_ms'] / 1000:.2f} s",
+            r["deliveries"] == r["expected_deliveries"] and r["last_socket_p99_ms"] <= 1000)
+    else:
+        add("100,000 sockets over 5 instances: a broadcast reaches every socket, p99 ≤ 1 s", "–", None)
+    return out
 
 
 if __name__ == "__main__":
