@@ -5,7 +5,6 @@
 //! answers malformed input with an error ack `{"ok":false,"error":...}` and keeps
 //! the connection open: a bad payload from one client costs that client an error, nothing more.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -24,45 +23,37 @@ use super::PresenceRooms;
 const KNOWN_EVENTS: [&str; 7] =
     ["room:join", "room:leave", "ping", "notifications:history", "notifications:read", "auth:refresh", "presence:list"];
 
+/// Serves every event of `socket`: the limiter first, then the event's handler with the first
+/// argument (if it is JSON), and its result as the ack. One handler for all of them, dispatched
+/// by name: socketioxide keeps each socket's handlers in a map of boxed closures, and one
+/// instead of eight is about half a kilobyte less per connection.
 pub fn register<A: Adapter>(socket: &SocketRef<A>, state: Arc<AppState>) {
-    on(socket, &state, "room:join", |st, s, data| async move { room_join(&st, &s, data).await });
-    on(socket, &state, "room:leave", |st, s, data| async move { room_leave(&st, &s, data).await });
-    on(socket, &state, "presence:list", |st, s, data| async move { presence_list(&st, &s, data).await });
-    on(socket, &state, "ping", |_, s, data| async move { ping(&s, data) });
-    on(socket, &state, "auth:refresh", |st, s, data| async move { super::session::refresh(&st, &s, data) });
-    on(socket, &state, "notifications:history", |st, s, data| async move { history(&st, &s, data).await });
-    on(socket, &state, "notifications:read", |st, s, data| async move { mark_read(&st, &s, data).await });
-    socket.on_fallback(move |s: SocketRef<A>, Event(event): Event, ack: AckSender<A>| {
+    socket.on_fallback(move |s: SocketRef<A>, Event(event): Event, TryData(data): TryData<Value>, ack: AckSender<A>| {
         let state = state.clone();
         async move {
-            let result = admit(&state, &s, &event).and_then(|()| {
-                tracing::debug!(sid = %s.id, event = %truncate(&event, 64), "unknown event");
-                Err("unknown event".to_string())
-            });
-            answer(ack, result);
-        }
-    });
-}
-
-/// Serves `event`: the limiter first, then `handler` with the first argument (if it is JSON),
-/// and its result as the ack.
-fn on<A, H, F>(socket: &SocketRef<A>, state: &Arc<AppState>, event: &'static str, handler: H)
-where
-    A: Adapter,
-    H: Fn(Arc<AppState>, SocketRef<A>, Option<Value>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Result<Value, String>> + Send + 'static,
-{
-    let state = state.clone();
-    socket.on(event, move |s: SocketRef<A>, TryData(data): TryData<Value>, ack: AckSender<A>| {
-        let (state, handler) = (state.clone(), handler.clone());
-        async move {
-            let result = match admit(&state, &s, event) {
-                Ok(()) => handler(state.clone(), s.clone(), data.ok()).await,
+            let result = match admit(&state, &s, &event) {
+                Ok(()) => handle(&state, &s, &event, data.ok()).await,
                 Err(e) => Err(e),
             };
             answer(ack, result);
         }
     });
+}
+
+async fn handle<A: Adapter>(state: &Arc<AppState>, socket: &SocketRef<A>, event: &str, data: Option<Value>) -> Result<Value, String> {
+    match event {
+        "room:join" => room_join(state, socket, data).await,
+        "room:leave" => room_leave(state, socket, data).await,
+        "presence:list" => presence_list(state, socket, data).await,
+        "ping" => ping(socket, data),
+        "auth:refresh" => super::session::refresh(state, socket, data),
+        "notifications:history" => history(state, socket, data).await,
+        "notifications:read" => mark_read(state, socket, data).await,
+        _ => {
+            tracing::debug!(sid = %socket.id, event = %truncate(event, 64), "unknown event");
+            Err("unknown event".to_string())
+        }
+    }
 }
 
 /// Counts the event and applies the socket's rate limit: `Err` is the error to answer with.
