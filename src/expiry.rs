@@ -115,11 +115,13 @@ impl Schedule {
         Some(Due::Warn { sid, namespace: watched.namespace.clone(), expires_at: watched.expires_at })
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.sockets.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.sockets.is_empty()
     }
 }

@@ -61,8 +61,8 @@ pub async fn accept(delivery: &Delivery, outbox: Option<&Outbox>, mut submission
     if !queued_before {
         // Without an outbox nothing keeps the submission after this: its parts are moved, not copied.
         let parts = match outbox {
-            Some(_) => Parts::Copied(submission.parts.iter()),
-            None => Parts::Moved(std::mem::take(&mut submission.parts).into_iter()),
+            Some(_) => submission.parts.clone(),
+            None => std::mem::take(&mut submission.parts),
         };
         match submit(delivery, submission.key.as_deref(), submission.nid, parts, window).await {
             Ok(id) => return Ok(Accepted::Done(id)),
@@ -93,7 +93,7 @@ async fn submit(
     delivery: &Delivery,
     key: Option<&str>,
     nid: Option<StreamId>,
-    parts: Parts<'_>,
+    parts: Vec<Command>,
     window: Duration,
 ) -> Result<Option<StreamId>, DeliveryError> {
     let keys: Vec<Option<String>> = (0..parts.len()).map(|i| key.map(|k| format!("{k}#{i}"))).collect();
@@ -103,7 +103,7 @@ async fn submit(
         ..Origin::http()
     };
     let mut id = nid;
-    let mut parts = parts.enumerate();
+    let mut parts = parts.into_iter().enumerate();
     while id.is_none() {
         let Some((i, part)) = parts.next() else { return Ok(None) };
         id = delivery.apply(part, origin(i, None)).await?;
@@ -117,33 +117,6 @@ async fn submit(
     }
     failed.map_or(Ok(id), Err)
 }
-
-/// The parts of a submission as [`submit`] applies them: copies of those the outbox may still
-/// have to keep, or the parts themselves.
-enum Parts<'a> {
-    Copied(std::slice::Iter<'a, Command>),
-    Moved(std::vec::IntoIter<Command>),
-}
-
-impl Iterator for Parts<'_> {
-    type Item = Command;
-
-    fn next(&mut self) -> Option<Command> {
-        match self {
-            Parts::Copied(parts) => parts.next().cloned(),
-            Parts::Moved(parts) => parts.next(),
-        }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        match self {
-            Parts::Copied(parts) => parts.size_hint(),
-            Parts::Moved(parts) => parts.size_hint(),
-        }
-    }
-}
-
-impl ExactSizeIterator for Parts<'_> {}
 
 /// Submissions waiting for Redis, on disk, oldest first.
 pub struct Outbox {
@@ -240,7 +213,7 @@ pub async fn run(outbox: Arc<Outbox>, delivery: Delivery, mut redis: watch::Rece
                 tracing::error!(seq, "unreadable outbox entry dropped");
                 "dropped"
             }
-            Some(submission) => match submit(&delivery, submission.key.as_deref(), submission.nid, Parts::Copied(submission.parts.iter()), window).await {
+            Some(submission) => match submit(&delivery, submission.key.as_deref(), submission.nid, submission.parts, window).await {
                 Ok(_) => "flushed",
                 Err(DeliveryError::Unavailable(e)) => {
                     tracing::debug!(error = %e, "outbox flush waits for Redis");

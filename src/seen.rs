@@ -364,8 +364,8 @@ impl SeenMarks {
     /// to the mark reached its sockets. `None`: nothing yet.
     fn delivered_mark(&self, now: u64) -> Option<StreamId> {
         let lag = self.in_flight.as_millis() as u64;
-        let Some(relay) = &self.relay else { return Some(StreamId::lagging_from(now, lag)) };
         let delivered = StreamId::lagging_from(now, lag);
+        let Some(relay) = &self.relay else { return Some(delivered) };
         match relay.live_since_ms() {
             // Live since before the mark: what was stored earlier arrived live, or, stored
             // during the last break, by the relay's catch-up at the start of these subscriptions.

@@ -340,6 +340,13 @@ impl Streams {
         }
     }
 
+    /// Puts back what a group's appends changed, the last first.
+    fn undo(&mut self, appends: Vec<(&Job, Changed)>) {
+        for (job, changed) in appends.into_iter().rev() {
+            self.restore(&job.namespace, &job.rooms, changed);
+        }
+    }
+
     /// Queues the streams whose newest entry is older than `oldest_kept`, when some may be and
     /// none are queued, at most once every [`SCAN_EVERY_MS`].
     fn scan(&mut self, oldest_kept: i64, now: u64) {
@@ -535,9 +542,7 @@ impl Core {
                 // Undone with the transaction (`write` rolls back when dropped); the ids handed
                 // out meanwhile are skipped, which keeps them increasing.
                 streams.restore(&job.namespace, &job.rooms, changed);
-                for (job, changed) in undo.into_iter().rev() {
-                    streams.restore(&job.namespace, &job.rooms, changed);
-                }
+                streams.undo(undo);
                 return None;
             }
             if appended.is_err() {
@@ -546,9 +551,7 @@ impl Core {
                     // The error ended the whole transaction (SQLite does so for a full disk or an
                     // I/O error): what the group wrote so far is gone too.
                     let e = appended.err().unwrap_or_else(|| StoreError("transaction rolled back".into()));
-                    for (job, changed) in undo.into_iter().rev() {
-                        streams.restore(&job.namespace, &job.rooms, changed);
-                    }
+                    streams.undo(undo);
                     return all_failed(&e);
                 }
             }
@@ -583,9 +586,7 @@ impl Core {
                 Some(answers)
             }
             Err(e) => {
-                for (job, changed) in undo.into_iter().rev() {
-                    streams.restore(&job.namespace, &job.rooms, changed);
-                }
+                streams.undo(undo);
                 all_failed(&e)
             }
         }
